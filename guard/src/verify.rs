@@ -1,0 +1,582 @@
+//! Access-token verification with the algorithm pinned and every required claim checked.
+//!
+//! Checks run cheapest first. The token's shape, header and claims are read and checked before
+//! the key lookup and the Ed25519 signature check, so a flood of malformed, expired or misaddressed
+//! tokens costs no signature verification. The signature check then runs through `jsonwebtoken`,
+//! which validates the claims a second time.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Validation, decode};
+use school_proto::auth::v1::TokenInvalidReason;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::claims::Claims;
+use crate::keys::{ALGORITHM, ALGORITHM_NAME, KeySet};
+
+/// The largest token accepted, in bytes. Our tokens are about 400 bytes; the limit keeps a
+/// hostile token from costing more than a few microseconds of parsing.
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+/// The largest `kid` header accepted, in bytes.
+const MAX_KEY_ID_LEN: usize = 128;
+
+/// What a verifier expects of a token.
+#[derive(Clone, Debug)]
+pub struct VerifierConfig {
+    /// The only accepted `iss` claim.
+    pub issuer: String,
+    /// The audience that the `aud` claim must contain.
+    pub audience: String,
+    /// The clock skew tolerated when checking `exp` and `nbf`.
+    pub leeway: Duration,
+}
+
+/// Why a token was rejected.
+#[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
+pub enum TokenError {
+    /// The token is not a well-formed JWT, or a claim has the wrong JSON type.
+    #[error("access token is malformed")]
+    Malformed,
+    /// The `exp` claim is in the past.
+    #[error("access token has expired")]
+    Expired,
+    /// The `nbf` claim is in the future.
+    #[error("access token is not valid yet")]
+    NotYetValid,
+    /// The signature does not verify with the key that `kid` names.
+    #[error("access token signature is invalid")]
+    BadSignature,
+    /// `kid` names no trusted key, or is missing.
+    #[error("access token is signed with an unknown key")]
+    UnknownKey,
+    /// The `iss` claim is not the expected issuer.
+    #[error("access token has the wrong issuer")]
+    WrongIssuer,
+    /// The `aud` claim does not contain the expected audience.
+    #[error("access token is not meant for this service")]
+    WrongAudience,
+    /// The `alg` header is not EdDSA.
+    #[error("access token uses an unsupported signing algorithm")]
+    UnsupportedAlgorithm,
+    /// A required claim is missing.
+    #[error("access token lacks a required claim")]
+    MissingClaim,
+}
+
+impl TokenError {
+    /// Returns the wire form of the error, as `ValidateToken` reports it.
+    pub fn reason(self) -> TokenInvalidReason {
+        match self {
+            TokenError::Malformed => TokenInvalidReason::Malformed,
+            TokenError::Expired => TokenInvalidReason::Expired,
+            TokenError::NotYetValid => TokenInvalidReason::NotYetValid,
+            TokenError::BadSignature => TokenInvalidReason::BadSignature,
+            TokenError::UnknownKey => TokenInvalidReason::UnknownKey,
+            TokenError::WrongIssuer => TokenInvalidReason::WrongIssuer,
+            TokenError::WrongAudience => TokenInvalidReason::WrongAudience,
+            TokenError::UnsupportedAlgorithm => TokenInvalidReason::UnsupportedAlgorithm,
+            TokenError::MissingClaim => TokenInvalidReason::MissingClaim,
+        }
+    }
+
+    /// Returns a stable lower-case name for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenError::Malformed => "malformed",
+            TokenError::Expired => "expired",
+            TokenError::NotYetValid => "not_yet_valid",
+            TokenError::BadSignature => "bad_signature",
+            TokenError::UnknownKey => "unknown_key",
+            TokenError::WrongIssuer => "wrong_issuer",
+            TokenError::WrongAudience => "wrong_audience",
+            TokenError::UnsupportedAlgorithm => "unsupported_algorithm",
+            TokenError::MissingClaim => "missing_claim",
+        }
+    }
+}
+
+/// The header fields a verifier reads. Unknown fields are ignored, as RFC 7515 requires, except
+/// `crit`, which names extensions that must be understood, and none are.
+#[derive(Deserialize)]
+struct Header {
+    alg: Option<Value>,
+    kid: Option<Value>,
+    crit: Option<Value>,
+}
+
+/// Verifies access tokens against a [`KeySet`].
+#[derive(Clone, Debug)]
+pub struct TokenVerifier {
+    keys: KeySet,
+    config: VerifierConfig,
+    validation: Validation,
+}
+
+impl TokenVerifier {
+    /// Creates a verifier that trusts the keys in `keys`, now and after they change.
+    pub fn new(keys: KeySet, config: VerifierConfig) -> Self {
+        let mut validation = Validation::new(ALGORITHM);
+        validation.leeway = config.leeway.as_secs();
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[config.issuer.as_str()]);
+        validation.set_audience(&[config.audience.as_str()]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        Self {
+            keys,
+            config,
+            validation,
+        }
+    }
+
+    /// Returns the key set the verifier reads.
+    pub fn keys(&self) -> &KeySet {
+        &self.keys
+    }
+
+    /// Returns what the verifier expects of a token.
+    pub fn config(&self) -> &VerifierConfig {
+        &self.config
+    }
+
+    /// Verifies `token` and returns its claims.
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        self.verify_at(token, unix_now())
+    }
+
+    /// Verifies `token` as of `now`, in seconds since the Unix epoch, for everything checked
+    /// before the signature. `jsonwebtoken` checks `exp` and `nbf` again against the system clock.
+    fn verify_at(&self, token: &str, now: i64) -> Result<Claims, TokenError> {
+        let (header, payload) = split_token(token)?;
+        let key_id = check_header(header)?;
+        let claims = self.check_claims(payload, now)?;
+
+        let key = self.keys.get(&key_id).ok_or(TokenError::UnknownKey)?;
+        let verified =
+            decode::<Claims>(token, &key, &self.validation).map_err(map_library_error)?;
+
+        // Both parses read the same bytes; a mismatch would mean the checks above were bypassed.
+        if verified.claims != claims {
+            return Err(TokenError::Malformed);
+        }
+        Ok(verified.claims)
+    }
+
+    fn check_claims(&self, payload: &str, now: i64) -> Result<Claims, TokenError> {
+        let bytes = URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| TokenError::Malformed)?;
+        let object: Map<String, Value> =
+            serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)?;
+
+        for required in ["sub", "role", "iss", "aud", "exp"] {
+            if !object.contains_key(required) {
+                return Err(TokenError::MissingClaim);
+            }
+        }
+        for text in ["sub", "role", "iss", "jti"] {
+            if let Some(value) = object.get(text) {
+                if !value.is_string() {
+                    return Err(TokenError::Malformed);
+                }
+            }
+        }
+        for time in ["exp", "nbf", "iat"] {
+            if let Some(value) = object.get(time) {
+                if !value.is_i64() {
+                    return Err(TokenError::Malformed);
+                }
+            }
+        }
+
+        let claims: Claims =
+            serde_json::from_value(Value::Object(object)).map_err(|_| TokenError::Malformed)?;
+        if claims.sub.is_empty() || claims.role.is_empty() {
+            return Err(TokenError::MissingClaim);
+        }
+
+        let leeway = i64::try_from(self.config.leeway.as_secs()).unwrap_or(i64::MAX);
+        if claims.exp.saturating_add(leeway) < now {
+            return Err(TokenError::Expired);
+        }
+        if claims.nbf.saturating_sub(leeway) > now {
+            return Err(TokenError::NotYetValid);
+        }
+        if claims.iss != self.config.issuer {
+            return Err(TokenError::WrongIssuer);
+        }
+        if !claims.aud.contains(&self.config.audience) {
+            return Err(TokenError::WrongAudience);
+        }
+        Ok(claims)
+    }
+}
+
+/// Splits a compact JWS into its encoded header and payload, checking its shape: exactly three
+/// non-empty base64url parts without padding, within [`MAX_TOKEN_LEN`].
+fn split_token(token: &str) -> Result<(&str, &str), TokenError> {
+    if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+        return Err(TokenError::Malformed);
+    }
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Malformed);
+    };
+
+    let is_base64url = |part: &str| {
+        !part.is_empty()
+            && part
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
+    };
+    if !(is_base64url(header) && is_base64url(payload) && is_base64url(signature)) {
+        return Err(TokenError::Malformed);
+    }
+    Ok((header, payload))
+}
+
+/// Checks the header and returns its key id.
+fn check_header(encoded: &str) -> Result<String, TokenError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(encoded)
+        .map_err(|_| TokenError::Malformed)?;
+    let header: Header = serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)?;
+
+    match header.alg {
+        Some(Value::String(alg)) if alg == ALGORITHM_NAME => {}
+        Some(Value::String(_)) => return Err(TokenError::UnsupportedAlgorithm),
+        _ => return Err(TokenError::Malformed),
+    }
+    if header.crit.is_some() {
+        return Err(TokenError::Malformed);
+    }
+    match header.kid {
+        Some(Value::String(kid)) if !kid.is_empty() && kid.len() <= MAX_KEY_ID_LEN => Ok(kid),
+        Some(Value::String(_)) | None => Err(TokenError::UnknownKey),
+        Some(_) => Err(TokenError::Malformed),
+    }
+}
+
+/// Maps a `jsonwebtoken` failure, which only the signature check and the repeated claim checks
+/// can produce here, to a [`TokenError`].
+fn map_library_error(error: jsonwebtoken::errors::Error) -> TokenError {
+    match error.kind() {
+        ErrorKind::InvalidSignature | ErrorKind::InvalidEddsaKey => TokenError::BadSignature,
+        ErrorKind::ExpiredSignature => TokenError::Expired,
+        ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+        ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
+        ErrorKind::InvalidAudience => TokenError::WrongAudience,
+        ErrorKind::InvalidAlgorithm | ErrorKind::UnsupportedAlgorithm => {
+            TokenError::UnsupportedAlgorithm
+        }
+        ErrorKind::MissingRequiredClaim(_) => TokenError::MissingClaim,
+        _ => TokenError::Malformed,
+    }
+}
+
+/// Returns the current time in seconds since the Unix epoch.
+pub(crate) fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::claims::Audience;
+    use crate::keys::{VerificationKey, key_id_for};
+    use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+    use jsonwebtoken::{EncodingKey, Header as JwtHeader, encode};
+
+    struct Signer {
+        encoding: EncodingKey,
+        key_id: String,
+        public_key: Vec<u8>,
+    }
+
+    fn signer() -> Signer {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new())
+            .expect("generate key");
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("parse key");
+        let public_key = pair.public_key().as_ref().to_vec();
+        Signer {
+            encoding: EncodingKey::from_ed_der(pkcs8.as_ref()),
+            key_id: key_id_for(&public_key),
+            public_key,
+        }
+    }
+
+    fn verifier(trusted: &Signer) -> TokenVerifier {
+        let keys = KeySet::new();
+        keys.replace(vec![VerificationKey {
+            key_id: trusted.key_id.clone(),
+            public_key: trusted.public_key.clone(),
+        }])
+        .expect("valid key");
+        TokenVerifier::new(
+            keys,
+            VerifierConfig {
+                issuer: "school-auth".into(),
+                audience: "school".into(),
+                leeway: Duration::from_secs(5),
+            },
+        )
+    }
+
+    fn claims(now: i64) -> Claims {
+        Claims {
+            sub: "alice".into(),
+            role: "admin".into(),
+            iss: "school-auth".into(),
+            aud: Audience::from("school"),
+            iat: now,
+            nbf: now,
+            exp: now + 900,
+            jti: "id-1".into(),
+        }
+    }
+
+    fn sign(signer: &Signer, claims: &impl serde::Serialize) -> String {
+        let mut header = JwtHeader::new(ALGORITHM);
+        header.kid = Some(signer.key_id.clone());
+        encode(&header, claims, &signer.encoding).expect("sign")
+    }
+
+    fn encode_part(value: &Value) -> String {
+        URL_SAFE_NO_PAD.encode(value.to_string())
+    }
+
+    #[test]
+    fn valid_token_returns_claims() {
+        let signer = signer();
+        let now = unix_now();
+        let token = sign(&signer, &claims(now));
+        assert_eq!(verifier(&signer).verify(&token), Ok(claims(now)));
+    }
+
+    #[test]
+    fn claim_failures_have_their_reason() {
+        let signer = signer();
+        let verifier = verifier(&signer);
+        let now = unix_now();
+
+        let mut expired = claims(now - 3600);
+        expired.exp = now - 60;
+        let mut future = claims(now);
+        future.nbf = now + 600;
+        let mut issuer = claims(now);
+        issuer.iss = "someone-else".into();
+        let mut audience = claims(now);
+        audience.aud = Audience::from("billing");
+
+        let cases = [
+            (expired, TokenError::Expired),
+            (future, TokenError::NotYetValid),
+            (issuer, TokenError::WrongIssuer),
+            (audience, TokenError::WrongAudience),
+        ];
+        for (claims, expected) in cases {
+            assert_eq!(verifier.verify(&sign(&signer, &claims)), Err(expected));
+        }
+    }
+
+    #[test]
+    fn leeway_is_applied_both_ways() {
+        let signer = signer();
+        let verifier = verifier(&signer);
+        let now = unix_now();
+
+        let mut just_expired = claims(now - 900);
+        just_expired.exp = now - 3;
+        assert!(verifier.verify(&sign(&signer, &just_expired)).is_ok());
+
+        let mut nearly_valid = claims(now);
+        nearly_valid.nbf = now + 3;
+        assert!(verifier.verify(&sign(&signer, &nearly_valid)).is_ok());
+    }
+
+    #[test]
+    fn missing_or_mistyped_claims_are_rejected() {
+        let signer = signer();
+        let verifier = verifier(&signer);
+        let now = unix_now();
+        let full = serde_json::to_value(claims(now)).expect("claims");
+
+        for name in ["sub", "role", "iss", "aud", "exp"] {
+            let mut partial = full.clone();
+            partial.as_object_mut().expect("object").remove(name);
+            assert_eq!(
+                verifier.verify(&sign(&signer, &partial)),
+                Err(TokenError::MissingClaim),
+                "without {name}"
+            );
+        }
+
+        let mistyped = [
+            ("exp", Value::from((now + 900).to_string())),
+            ("exp", Value::from(1.5e12)),
+            ("nbf", Value::from("0")),
+            ("iat", Value::Null),
+            ("sub", Value::from(42)),
+            ("role", Value::from(vec!["admin"])),
+            ("aud", Value::from(7)),
+        ];
+        for (name, value) in mistyped {
+            let mut changed = full.clone();
+            changed[name] = value;
+            assert_eq!(
+                verifier.verify(&sign(&signer, &changed)),
+                Err(TokenError::Malformed),
+                "mistyped {name}"
+            );
+        }
+
+        let mut empty_subject = claims(now);
+        empty_subject.sub = String::new();
+        assert_eq!(
+            verifier.verify(&sign(&signer, &empty_subject)),
+            Err(TokenError::MissingClaim)
+        );
+    }
+
+    #[test]
+    fn forged_headers_are_rejected() {
+        let signer = signer();
+        let verifier = verifier(&signer);
+        let genuine = sign(&signer, &claims(unix_now()));
+        let parts: Vec<&str> = genuine.split('.').collect();
+        let (payload, signature) = (parts[1], parts[2]);
+        let kid = signer.key_id.as_str();
+
+        let cases = [
+            (
+                serde_json::json!({"alg": "none", "kid": kid}),
+                TokenError::UnsupportedAlgorithm,
+            ),
+            (
+                serde_json::json!({"alg": "HS256", "kid": kid}),
+                TokenError::UnsupportedAlgorithm,
+            ),
+            (
+                serde_json::json!({"alg": "RS256", "kid": kid}),
+                TokenError::UnsupportedAlgorithm,
+            ),
+            (
+                serde_json::json!({"alg": "eddsa", "kid": kid}),
+                TokenError::UnsupportedAlgorithm,
+            ),
+            (serde_json::json!({"kid": kid}), TokenError::Malformed),
+            (
+                serde_json::json!({"alg": 1, "kid": kid}),
+                TokenError::Malformed,
+            ),
+            (serde_json::json!({"alg": "EdDSA"}), TokenError::UnknownKey),
+            (
+                serde_json::json!({"alg": "EdDSA", "kid": "other"}),
+                TokenError::UnknownKey,
+            ),
+            (
+                serde_json::json!({"alg": "EdDSA", "kid": 5}),
+                TokenError::Malformed,
+            ),
+            (
+                serde_json::json!({"alg": "EdDSA", "kid": kid, "crit": ["exp"]}),
+                TokenError::Malformed,
+            ),
+        ];
+        for (header, expected) in cases {
+            let token = format!("{}.{payload}.{signature}", encode_part(&header));
+            assert_eq!(verifier.verify(&token), Err(expected), "{header}");
+        }
+
+        // alg: none with an empty signature, the classic downgrade.
+        let unsigned = format!(
+            "{}.{payload}.",
+            encode_part(&serde_json::json!({"alg": "none", "kid": kid}))
+        );
+        assert_eq!(verifier.verify(&unsigned), Err(TokenError::Malformed));
+    }
+
+    #[test]
+    fn hmac_with_public_key_as_secret_is_rejected() {
+        let signer = signer();
+        let verifier = verifier(&signer);
+        let mut header = JwtHeader::new(jsonwebtoken::Algorithm::HS256);
+        header.kid = Some(signer.key_id.clone());
+        let secret = EncodingKey::from_secret(&signer.public_key).expect("secret");
+        let token = encode(&header, &claims(unix_now()), &secret).expect("sign");
+        assert_eq!(
+            verifier.verify(&token),
+            Err(TokenError::UnsupportedAlgorithm)
+        );
+    }
+
+    #[test]
+    fn tampered_and_foreign_tokens_are_rejected() {
+        let signer = signer();
+        let verifier = verifier(&signer);
+        let now = unix_now();
+        let genuine = sign(&signer, &claims(now));
+
+        let mut promoted = claims(now);
+        promoted.sub = "mallory".into();
+        let forged_payload = encode_part(&serde_json::to_value(promoted).expect("claims"));
+        let parts: Vec<&str> = genuine.split('.').collect();
+        let tampered = format!("{}.{}.{}", parts[0], forged_payload, parts[2]);
+        assert_eq!(verifier.verify(&tampered), Err(TokenError::BadSignature));
+
+        // Another key that claims our key id.
+        let mut impostor = self::signer();
+        impostor.key_id = signer.key_id.clone();
+        assert_eq!(
+            verifier.verify(&sign(&impostor, &claims(now))),
+            Err(TokenError::BadSignature)
+        );
+
+        // Another key under its own id.
+        let stranger = self::signer();
+        assert_eq!(
+            verifier.verify(&sign(&stranger, &claims(now))),
+            Err(TokenError::UnknownKey)
+        );
+    }
+
+    #[test]
+    fn malformed_shapes_are_rejected() {
+        let signer = signer();
+        let verifier = verifier(&signer);
+        let genuine = sign(&signer, &claims(unix_now()));
+        let oversized = format!("{genuine}{}", "A".repeat(MAX_TOKEN_LEN));
+        let inputs = [
+            String::new(),
+            "garbage".into(),
+            "a.b".into(),
+            "a.b.c.d".into(),
+            format!("{genuine}."),
+            format!("{genuine}="),
+            format!(" {genuine}"),
+            genuine.replacen('.', "..", 1),
+            "e30.e30.e30".into(),
+            oversized,
+            "\u{e9}.\u{e9}.\u{e9}".into(),
+        ];
+        for input in inputs {
+            assert_eq!(
+                verifier.verify(&input),
+                Err(TokenError::Malformed),
+                "input {:?}",
+                input.get(..40)
+            );
+        }
+    }
+}
