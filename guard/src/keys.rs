@@ -65,8 +65,10 @@ pub enum KeyError {
 /// at once, so a reader never sees half of an update.
 #[derive(Clone, Default)]
 pub struct KeySet {
-    keys: Arc<RwLock<Arc<HashMap<String, Arc<DecodingKey>>>>>,
+    keys: Arc<RwLock<Arc<KeyMap>>>,
 }
+
+type KeyMap = HashMap<String, Arc<DecodingKey>>;
 
 impl fmt::Debug for KeySet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -126,7 +128,7 @@ impl KeySet {
         ids
     }
 
-    fn snapshot(&self) -> Arc<HashMap<String, Arc<DecodingKey>>> {
+    fn snapshot(&self) -> Arc<KeyMap> {
         // The lock only guards a pointer swap, so a poisoned lock still holds a complete map.
         match self.keys.read() {
             Ok(guard) => Arc::clone(&guard),

@@ -180,17 +180,13 @@ impl TokenVerifier {
             }
         }
         for text in ["sub", "role", "iss", "jti"] {
-            if let Some(value) = object.get(text) {
-                if !value.is_string() {
-                    return Err(TokenError::Malformed);
-                }
+            if object.get(text).is_some_and(|value| !value.is_string()) {
+                return Err(TokenError::Malformed);
             }
         }
         for time in ["exp", "nbf", "iat"] {
-            if let Some(value) = object.get(time) {
-                if !value.is_i64() {
-                    return Err(TokenError::Malformed);
-                }
+            if object.get(time).is_some_and(|value| !value.is_i64()) {
+                return Err(TokenError::Malformed);
             }
         }
 

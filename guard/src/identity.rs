@@ -1,0 +1,42 @@
+//! What the guard layer hands to handlers through the request extensions.
+
+use crate::claims::Claims;
+
+/// The authenticated caller of a request, taken from a verified access token.
+///
+/// The guard layer inserts it into the request extensions of every call to a protected method;
+/// handlers read it with `request.extensions().get::<Identity>()`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The username of the caller (the token's `sub` claim).
+    pub subject: String,
+    /// The role of the caller (the token's `role` claim).
+    pub role: String,
+    /// The id of the token (the `jti` claim).
+    pub token_id: String,
+    /// When the token expires, in seconds since the Unix epoch.
+    pub expires_at: i64,
+}
+
+impl From<Claims> for Identity {
+    fn from(claims: Claims) -> Self {
+        Identity {
+            subject: claims.sub,
+            role: claims.role,
+            token_id: claims.jti,
+            expires_at: claims.exp,
+        }
+    }
+}
+
+/// How much of a method's data the caller may reach, as decided by the policy.
+///
+/// Inserted next to [`Identity`]. A handler that serves [`Access::OwnerOnly`] must check that the
+/// record it touches belongs to [`Identity::subject`] and otherwise fail with `PERMISSION_DENIED`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Every record the method can reach.
+    Full,
+    /// Only records owned by the caller.
+    OwnerOnly,
+}
