@@ -1,0 +1,449 @@
+//! Command-line flags and `AUTH_*` environment variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::error::Error;
+use crate::password::{HashParams, Password};
+use crate::role::Role;
+use crate::users::validate_username;
+
+/// The environment variable with the bootstrap admin's password. It has no flag, so the
+/// password never appears in a process listing.
+pub const BOOTSTRAP_ADMIN_PASSWORD_ENV: &str = "AUTH_BOOTSTRAP_ADMIN_PASSWORD";
+
+/// The environment variable that `user add` reads the password from before trying stdin.
+pub const USER_PASSWORD_ENV: &str = "AUTH_USER_PASSWORD";
+
+/// The longest accepted token lifetime: one day.
+const MAX_TOKEN_TTL_SECS: u64 = 24 * 60 * 60;
+
+/// The largest accepted clock skew allowance: five minutes.
+const MAX_LEEWAY_SECS: u64 = 5 * 60;
+
+/// The settings of the auth service. Every flag can also be set with the environment variable
+/// named in its help; a flag on the command line wins over the variable.
+#[derive(Debug, Parser)]
+#[command(
+    name = "auth-service",
+    version,
+    about = "Authenticates users and issues signed access tokens over gRPC"
+)]
+pub struct Config {
+    /// The subcommand to run, `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Address and port for the gRPC listener.
+    #[arg(
+        long,
+        env = "AUTH_LISTEN",
+        default_value = "127.0.0.1:50051",
+        global = true
+    )]
+    pub listen: SocketAddr,
+
+    /// Directory for the database of users and signing keys; created with mode 0700 if missing.
+    #[arg(
+        long,
+        env = "AUTH_DATA_DIR",
+        default_value = "./data/auth",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+
+    /// Value of the `iss` claim in issued tokens, and the issuer ValidateToken accepts.
+    #[arg(
+        long,
+        env = "AUTH_ISSUER",
+        default_value = "school-auth",
+        global = true
+    )]
+    pub issuer: String,
+
+    /// Value of the `aud` claim in issued tokens, and the audience ValidateToken requires.
+    #[arg(long, env = "AUTH_AUDIENCE", default_value = "school", global = true)]
+    pub audience: String,
+
+    /// Lifetime of issued access tokens, in seconds (1 to 86400).
+    #[arg(
+        long,
+        env = "AUTH_TOKEN_TTL_SECS",
+        default_value_t = 900,
+        global = true
+    )]
+    pub token_ttl_secs: u64,
+
+    /// Clock skew allowed when ValidateToken checks exp and nbf, in seconds (0 to 300).
+    #[arg(long, env = "AUTH_LEEWAY_SECS", default_value_t = 5, global = true)]
+    pub leeway_secs: u64,
+
+    /// Argon2id memory cost for new password hashes, in KiB.
+    #[arg(long, env = "AUTH_ARGON2_MEMORY_KIB", default_value_t = HashParams::default().memory_kib, global = true)]
+    pub argon2_memory_kib: u32,
+
+    /// Argon2id number of passes for new password hashes.
+    #[arg(long, env = "AUTH_ARGON2_ITERATIONS", default_value_t = HashParams::default().iterations, global = true)]
+    pub argon2_iterations: u32,
+
+    /// Argon2id degree of parallelism for new password hashes.
+    #[arg(long, env = "AUTH_ARGON2_PARALLELISM", default_value_t = HashParams::default().parallelism, global = true)]
+    pub argon2_parallelism: u32,
+
+    /// Password hashes computed at the same time, each using the Argon2 memory cost
+    /// [default: number of CPUs].
+    #[arg(long, env = "AUTH_HASH_CONCURRENCY", global = true)]
+    pub hash_concurrency: Option<usize>,
+
+    /// Log output format.
+    #[arg(long, env = "AUTH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    /// Username of an admin to create at start if no user has that name; needs
+    /// AUTH_BOOTSTRAP_ADMIN_PASSWORD.
+    #[arg(long, env = "AUTH_BOOTSTRAP_ADMIN_USERNAME", global = true)]
+    pub bootstrap_admin_username: Option<String>,
+
+    /// Password of the bootstrap admin. It has no flag: `main` reads it from
+    /// [`BOOTSTRAP_ADMIN_PASSWORD_ENV`], and tests set it directly.
+    #[arg(skip)]
+    pub bootstrap_admin_password: Option<Password>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC server (the default).
+    Serve,
+    /// Manage user accounts offline (fails while a server has the data directory open).
+    User {
+        /// The user operation.
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+/// The `user` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user. The password is read from AUTH_USER_PASSWORD if set, otherwise from the
+    /// first line of stdin.
+    Add {
+        /// The username: 1 to 64 bytes, no whitespace or control characters.
+        name: String,
+        /// The role copied into the user's tokens.
+        #[arg(long, value_enum)]
+        role: Role,
+    },
+    /// Print every user with role and status.
+    List,
+    /// Reject logins by a user. Tokens already issued stay valid until they expire.
+    Disable {
+        /// The username.
+        name: String,
+    },
+    /// Allow logins by a disabled user again.
+    Enable {
+        /// The username.
+        name: String,
+    },
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Config {
+    /// Checks every setting before anything is opened or bound. The error names the flag and
+    /// its environment variable.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(Error::invalid_config(
+                "data-dir",
+                "AUTH_DATA_DIR",
+                "must not be empty",
+            ));
+        }
+        if self.issuer.trim().is_empty() {
+            return Err(Error::invalid_config(
+                "issuer",
+                "AUTH_ISSUER",
+                "must not be empty",
+            ));
+        }
+        if self.audience.trim().is_empty() {
+            return Err(Error::invalid_config(
+                "audience",
+                "AUTH_AUDIENCE",
+                "must not be empty",
+            ));
+        }
+        if !(1..=MAX_TOKEN_TTL_SECS).contains(&self.token_ttl_secs) {
+            return Err(Error::invalid_config(
+                "token-ttl-secs",
+                "AUTH_TOKEN_TTL_SECS",
+                format!(
+                    "must be 1 to {MAX_TOKEN_TTL_SECS} seconds, got {}",
+                    self.token_ttl_secs
+                ),
+            ));
+        }
+        if self.leeway_secs > MAX_LEEWAY_SECS {
+            return Err(Error::invalid_config(
+                "leeway-secs",
+                "AUTH_LEEWAY_SECS",
+                format!(
+                    "must be 0 to {MAX_LEEWAY_SECS} seconds, got {}",
+                    self.leeway_secs
+                ),
+            ));
+        }
+        self.validate_hash_params()?;
+        if self.hash_concurrency == Some(0) {
+            return Err(Error::invalid_config(
+                "hash-concurrency",
+                "AUTH_HASH_CONCURRENCY",
+                "must be at least 1",
+            ));
+        }
+        self.validate_bootstrap_admin()
+    }
+
+    /// Applies argon2's own limits, each to its flag: at least one lane and one pass, and at
+    /// least 8 KiB of memory per lane.
+    fn validate_hash_params(&self) -> Result<(), Error> {
+        let max_lanes = argon2::Params::MAX_P_COST;
+        if !(1..=max_lanes).contains(&self.argon2_parallelism) {
+            return Err(Error::invalid_config(
+                "argon2-parallelism",
+                "AUTH_ARGON2_PARALLELISM",
+                format!("must be 1 to {max_lanes}, got {}", self.argon2_parallelism),
+            ));
+        }
+        if self.argon2_iterations < 1 {
+            return Err(Error::invalid_config(
+                "argon2-iterations",
+                "AUTH_ARGON2_ITERATIONS",
+                "must be at least 1",
+            ));
+        }
+        let min_memory = self.argon2_parallelism.saturating_mul(8);
+        if self.argon2_memory_kib < min_memory {
+            return Err(Error::invalid_config(
+                "argon2-memory-kib",
+                "AUTH_ARGON2_MEMORY_KIB",
+                format!(
+                    "must be at least 8 KiB per lane ({min_memory} KiB), got {}",
+                    self.argon2_memory_kib
+                ),
+            ));
+        }
+        self.hash_params().to_argon2().map_err(|error| {
+            Error::invalid_config(
+                "argon2-memory-kib",
+                "AUTH_ARGON2_MEMORY_KIB",
+                format!("rejected by argon2: {error}"),
+            )
+        })?;
+        Ok(())
+    }
+
+    fn validate_bootstrap_admin(&self) -> Result<(), Error> {
+        match (
+            &self.bootstrap_admin_username,
+            &self.bootstrap_admin_password,
+        ) {
+            (None, None) => Ok(()),
+            (Some(_), None) => Err(Error::invalid_config(
+                "bootstrap-admin-username",
+                "AUTH_BOOTSTRAP_ADMIN_USERNAME",
+                format!("is set, so {BOOTSTRAP_ADMIN_PASSWORD_ENV} must be set too"),
+            )),
+            (None, Some(_)) => Err(Error::invalid_config(
+                "bootstrap-admin-username",
+                "AUTH_BOOTSTRAP_ADMIN_USERNAME",
+                format!("must be set because {BOOTSTRAP_ADMIN_PASSWORD_ENV} is set"),
+            )),
+            (Some(username), Some(password)) => {
+                if validate_username(username).is_err() {
+                    return Err(Error::invalid_config(
+                        "bootstrap-admin-username",
+                        "AUTH_BOOTSTRAP_ADMIN_USERNAME",
+                        "must be 1 to 64 bytes",
+                    ));
+                }
+                if password.validate().is_err() {
+                    return Err(Error::InvalidConfig {
+                        setting: BOOTSTRAP_ADMIN_PASSWORD_ENV.to_owned(),
+                        reason: "must be 1 to 1024 bytes".to_owned(),
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Returns the Argon2id parameters for new hashes.
+    pub fn hash_params(&self) -> HashParams {
+        HashParams {
+            memory_kib: self.argon2_memory_kib,
+            iterations: self.argon2_iterations,
+            parallelism: self.argon2_parallelism,
+        }
+    }
+
+    /// Returns how many password hashes may run at once: the flag, or the number of CPUs.
+    pub fn hash_concurrency(&self) -> usize {
+        self.hash_concurrency.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
+
+    /// Returns the lifetime of issued tokens.
+    pub fn token_ttl(&self) -> Duration {
+        Duration::from_secs(self.token_ttl_secs)
+    }
+
+    /// Returns the clock skew allowed when checking `exp` and `nbf`.
+    pub fn leeway(&self) -> Duration {
+        Duration::from_secs(self.leeway_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        let mut argv = vec!["auth-service"];
+        argv.extend_from_slice(args);
+        Config::try_parse_from(argv)
+    }
+
+    #[test]
+    fn defaults_are_valid() -> Result<(), Box<dyn std::error::Error>> {
+        let config = parse(&[])?;
+
+        config.validate()?;
+        assert_eq!(config.listen, "127.0.0.1:50051".parse::<SocketAddr>()?);
+        assert_eq!(config.data_dir, PathBuf::from("./data/auth"));
+        assert_eq!(config.issuer, "school-auth");
+        assert_eq!(config.audience, "school");
+        assert_eq!(config.token_ttl(), Duration::from_secs(900));
+        assert_eq!(config.leeway(), Duration::from_secs(5));
+        assert_eq!(config.hash_params(), HashParams::default());
+        assert_eq!(config.log_format, LogFormat::Text);
+        assert!(config.command.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn port_zero_and_data_dir_parse() -> Result<(), clap::Error> {
+        let config = parse(&["--listen", "127.0.0.1:0", "--data-dir", "/tmp/x"])?;
+
+        assert_eq!(config.listen.port(), 0);
+        assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
+        Ok(())
+    }
+
+    #[test]
+    fn user_add_parses_role() -> Result<(), clap::Error> {
+        let config = parse(&[
+            "user",
+            "add",
+            "alice",
+            "--role",
+            "teacher",
+            "--data-dir",
+            "/d",
+        ])?;
+
+        let Some(Command::User {
+            command: UserCommand::Add { name, role },
+        }) = config.command
+        else {
+            panic!("expected user add, got {:?}", config.command);
+        };
+        assert_eq!(name, "alice");
+        assert_eq!(role, Role::Teacher);
+        assert_eq!(config.data_dir, PathBuf::from("/d"));
+        Ok(())
+    }
+
+    #[test]
+    fn user_add_rejects_unknown_role() {
+        assert!(parse(&["user", "add", "alice", "--role", "root"]).is_err());
+    }
+
+    #[test]
+    fn invalid_settings_name_flag_and_variable() -> Result<(), clap::Error> {
+        let cases: [(&[&str], &str); 8] = [
+            (&["--issuer", ""], "--issuer (AUTH_ISSUER)"),
+            (&["--audience", " "], "--audience (AUTH_AUDIENCE)"),
+            (
+                &["--token-ttl-secs", "0"],
+                "--token-ttl-secs (AUTH_TOKEN_TTL_SECS)",
+            ),
+            (
+                &["--leeway-secs", "301"],
+                "--leeway-secs (AUTH_LEEWAY_SECS)",
+            ),
+            (
+                &["--argon2-memory-kib", "1"],
+                "--argon2-memory-kib (AUTH_ARGON2_MEMORY_KIB)",
+            ),
+            (
+                &["--argon2-iterations", "0"],
+                "--argon2-iterations (AUTH_ARGON2_ITERATIONS)",
+            ),
+            (
+                &["--argon2-parallelism", "0"],
+                "--argon2-parallelism (AUTH_ARGON2_PARALLELISM)",
+            ),
+            (
+                &["--hash-concurrency", "0"],
+                "--hash-concurrency (AUTH_HASH_CONCURRENCY)",
+            ),
+        ];
+
+        for (args, expected) in cases {
+            let config = parse(args)?;
+            let error = config.validate().err().map(|error| error.to_string());
+            assert!(
+                error.as_deref().is_some_and(|text| text.contains(expected)),
+                "{args:?} gave {error:?}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn bootstrap_admin_needs_both_parts() -> Result<(), clap::Error> {
+        let mut config = parse(&["--bootstrap-admin-username", "root"])?;
+        assert!(config.validate().is_err());
+
+        config.bootstrap_admin_password = Some(Password::new("pw".into()));
+        assert!(config.validate().is_ok());
+
+        config.bootstrap_admin_username = None;
+        assert!(config.validate().is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn config_debug_hides_bootstrap_password() -> Result<(), clap::Error> {
+        let mut config = parse(&[])?;
+        config.bootstrap_admin_password = Some(Password::new("hunter2".into()));
+
+        assert!(!format!("{config:?}").contains("hunter2"));
+        Ok(())
+    }
+}

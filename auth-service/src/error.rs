@@ -1,0 +1,255 @@
+//! The service's error type and its single conversion to a gRPC status.
+
+use std::error::Error as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use tonic::Status;
+
+/// The message every failed login returns, whatever the cause, so that a client cannot tell
+/// which usernames exist.
+pub const INVALID_CREDENTIALS_MESSAGE: &str = "invalid username or password";
+
+/// Exit code for a configuration or usage error (`EX_USAGE` from BSD `sysexits.h`).
+pub const EXIT_USAGE: u8 = 64;
+
+/// Exit code for any other failure.
+pub const EXIT_FAILURE: u8 = 1;
+
+/// Every failure of the auth service, from configuration to storage and crypto.
+///
+/// The `Display` text may name paths and usernames but never a password, a token or key
+/// material. Clients never see it for internal failures: [`From<Error> for Status`] replaces it
+/// with a generic message and logs the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A setting is out of range or inconsistent; the message names the flag and variable.
+    #[error("invalid configuration: {setting}: {reason}")]
+    InvalidConfig {
+        /// The flag and environment variable, as in `--token-ttl-secs (AUTH_TOKEN_TTL_SECS)`.
+        setting: String,
+        /// The problem and the accepted values.
+        reason: String,
+    },
+
+    /// A request or command argument is invalid; the message names the field, never its value.
+    #[error("{field} {reason}")]
+    InvalidArgument {
+        /// The field name, as in the proto or the command line.
+        field: &'static str,
+        /// The rule the value breaks, as in "must be 1 to 64 bytes".
+        reason: &'static str,
+    },
+
+    /// The username is unknown, the password is wrong or the account is disabled.
+    #[error("{INVALID_CREDENTIALS_MESSAGE}")]
+    InvalidCredentials,
+
+    /// A user with this name already exists.
+    #[error("user {0:?} already exists")]
+    UserExists(String),
+
+    /// No user has this name.
+    #[error("user {0:?} not found")]
+    UserNotFound(String),
+
+    /// Another process holds the lock on the data directory.
+    #[error(
+        "data directory {} is in use by another process (could not acquire its lock); \
+         stop that process or choose another --data-dir",
+        dir.display()
+    )]
+    DataDirLocked {
+        /// The data directory.
+        dir: PathBuf,
+    },
+
+    /// The data directory could not be created or opened.
+    #[error("failed to open data directory {}", dir.display())]
+    OpenDataDir {
+        /// The data directory.
+        dir: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A read, write or flush of the database failed.
+    #[error("storage operation failed: {operation}")]
+    Storage {
+        /// The operation, as in "flush database".
+        operation: &'static str,
+        /// The cause.
+        #[source]
+        source: sled::Error,
+    },
+
+    /// A stored record could not be decoded or encoded.
+    #[error("stored record {key:?} is invalid")]
+    CorruptRecord {
+        /// The record key, a username or a key id.
+        key: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// Password hashing or verification failed for a reason other than a wrong password.
+    #[error("password hashing failed")]
+    PasswordHash(#[source] argon2::password_hash::Error),
+
+    /// A cryptographic operation failed: random generation, or creating, parsing or using a
+    /// signing key. The text names the operation.
+    #[error("cryptographic operation failed: {0}")]
+    Crypto(&'static str),
+
+    /// The verification key set rejected a public key.
+    #[error("invalid verification key")]
+    VerificationKey(#[source] school_guard::keys::KeyError),
+
+    /// A token could not be signed.
+    #[error("token signing failed")]
+    TokenSigning(#[source] jsonwebtoken::errors::Error),
+
+    /// A blocking task panicked or was cancelled.
+    #[error("background task failed")]
+    Task(#[source] tokio::task::JoinError),
+
+    /// The listen address could not be bound.
+    #[error("failed to bind {addr}; choose another --listen address")]
+    Bind {
+        /// The requested address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The reflection service rejected a file descriptor set.
+    #[error("failed to build the reflection service")]
+    Reflection(#[source] tonic_reflection::server::Error),
+
+    /// The gRPC server failed while serving.
+    #[error("gRPC server failed")]
+    Transport(#[source] tonic::transport::Error),
+
+    /// Reading from or writing to the terminal, a signal handler or another OS resource failed.
+    #[error("{operation} failed")]
+    Io {
+        /// The operation, as in "read password from stdin".
+        operation: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Builds an [`Error::InvalidConfig`] for the flag and its environment variable.
+    pub fn invalid_config(flag: &str, env: &str, reason: impl Into<String>) -> Self {
+        Self::InvalidConfig {
+            setting: format!("--{flag} ({env})"),
+            reason: reason.into(),
+        }
+    }
+
+    /// Returns the process exit code for this error: [`EXIT_USAGE`] for configuration and
+    /// argument errors, [`EXIT_FAILURE`] otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::InvalidConfig { .. } | Self::InvalidArgument { .. } => EXIT_USAGE,
+            _ => EXIT_FAILURE,
+        }
+    }
+
+    /// Formats the error and its chain of causes on one line, for logs and the command line.
+    pub fn report(&self) -> String {
+        let mut line = self.to_string();
+        let mut cause = self.source();
+        while let Some(inner) = cause {
+            line.push_str(": ");
+            line.push_str(&inner.to_string());
+            cause = inner.source();
+        }
+        line
+    }
+}
+
+impl From<Error> for Status {
+    /// Maps each error to its gRPC code. Internal failures become `INTERNAL` with a generic
+    /// message, and their cause is logged here, once.
+    fn from(error: Error) -> Self {
+        match error {
+            Error::InvalidArgument { .. } => Status::invalid_argument(error.to_string()),
+            Error::InvalidCredentials => Status::unauthenticated(INVALID_CREDENTIALS_MESSAGE),
+            Error::UserExists(_) => Status::already_exists(error.to_string()),
+            Error::UserNotFound(_) => Status::not_found(error.to_string()),
+            Error::InvalidConfig { .. }
+            | Error::DataDirLocked { .. }
+            | Error::OpenDataDir { .. }
+            | Error::Storage { .. }
+            | Error::CorruptRecord { .. }
+            | Error::PasswordHash(_)
+            | Error::Crypto(_)
+            | Error::VerificationKey(_)
+            | Error::TokenSigning(_)
+            | Error::Task(_)
+            | Error::Bind { .. }
+            | Error::Reflection(_)
+            | Error::Transport(_)
+            | Error::Io { .. } => {
+                tracing::error!(error = %error.report(), "request failed");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_errors_hide_their_cause() {
+        let error = Error::Storage {
+            operation: "read user",
+            source: sled::Error::Unsupported("secret detail".into()),
+        };
+
+        let status = Status::from(error);
+
+        assert_eq!(status.code(), tonic::Code::Internal);
+        assert_eq!(status.message(), "internal error");
+    }
+
+    #[test]
+    fn invalid_credentials_message_is_fixed() {
+        let status = Status::from(Error::InvalidCredentials);
+
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert_eq!(status.message(), "invalid username or password");
+    }
+
+    #[test]
+    fn report_joins_the_cause_chain() {
+        let error = Error::Io {
+            operation: "read password from stdin",
+            source: std::io::Error::other("closed"),
+        };
+
+        assert_eq!(error.report(), "read password from stdin failed: closed");
+    }
+
+    #[test]
+    fn exit_code_separates_usage_errors() {
+        let usage = Error::invalid_config("issuer", "AUTH_ISSUER", "must not be empty");
+        let runtime = Error::Crypto("generate signing key");
+
+        assert_eq!(usage.exit_code(), EXIT_USAGE);
+        assert_eq!(runtime.exit_code(), EXIT_FAILURE);
+        assert_eq!(
+            usage.to_string(),
+            "invalid configuration: --issuer (AUTH_ISSUER): must not be empty"
+        );
+    }
+}

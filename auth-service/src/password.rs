@@ -1,0 +1,313 @@
+//! Argon2id password hashing, run off the async runtime with bounded concurrency.
+
+use std::fmt;
+use std::sync::Arc;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use tokio::sync::Semaphore;
+use zeroize::Zeroizing;
+
+use crate::error::Error;
+
+/// The longest accepted password, in bytes of UTF-8.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// Salt length in bytes; 16 is the length RFC 9106 recommends.
+const SALT_BYTES: usize = 16;
+
+/// A password in memory: zeroized on drop, printed as `[redacted]`.
+#[derive(Clone)]
+pub struct Password(Zeroizing<String>);
+
+impl Password {
+    /// Wraps a password; the caller's `String` moves in and is zeroized with it.
+    pub fn new(password: String) -> Self {
+        Self(Zeroizing::new(password))
+    }
+
+    /// Returns the password text, for hashing or verification only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Checks the length limits of the proto contract: 1 to [`MAX_PASSWORD_BYTES`] bytes.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.0.is_empty() || self.0.len() > MAX_PASSWORD_BYTES {
+            return Err(Error::InvalidArgument {
+                field: "password",
+                reason: "must be 1 to 1024 bytes",
+            });
+        }
+        Ok(())
+    }
+}
+
+impl From<String> for Password {
+    fn from(password: String) -> Self {
+        Self::new(password)
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password([redacted])")
+    }
+}
+
+/// Argon2id cost parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HashParams {
+    /// Memory cost in KiB.
+    pub memory_kib: u32,
+    /// Number of passes.
+    pub iterations: u32,
+    /// Degree of parallelism (lanes).
+    pub parallelism: u32,
+}
+
+impl Default for HashParams {
+    /// Returns the OWASP Password Storage Cheat Sheet minimum for Argon2id:
+    /// m = 19456 KiB, t = 2, p = 1.
+    fn default() -> Self {
+        Self {
+            memory_kib: 19_456,
+            iterations: 2,
+            parallelism: 1,
+        }
+    }
+}
+
+impl HashParams {
+    /// Converts to argon2 parameters, failing when argon2 rejects a value.
+    pub fn to_argon2(self) -> Result<Params, argon2::Error> {
+        Params::new(self.memory_kib, self.iterations, self.parallelism, None)
+    }
+}
+
+/// Hashes and verifies passwords with Argon2id.
+///
+/// Each operation runs in `spawn_blocking` while it owns a semaphore permit. At most
+/// `concurrency` hashes use memory at the same time, and later requests wait for a permit.
+#[derive(Clone)]
+pub struct PasswordHasher {
+    params: Params,
+    permits: Arc<Semaphore>,
+    /// A hash of a random password, verified when the user does not exist so that an unknown
+    /// username costs as much time as a wrong password.
+    dummy_hash: Arc<str>,
+}
+
+impl fmt::Debug for PasswordHasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PasswordHasher")
+            .field("params", &self.params)
+            .field("available_permits", &self.permits.available_permits())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PasswordHasher {
+    /// Creates a hasher and computes its dummy hash once, off the runtime.
+    ///
+    /// `concurrency` is the number of hashes that may run at once; 0 is treated as 1.
+    pub async fn new(params: HashParams, concurrency: usize) -> Result<Self, Error> {
+        let params = params
+            .to_argon2()
+            .map_err(|error| Error::PasswordHash(argon2::password_hash::Error::from(error)))?;
+        let mut hasher = Self {
+            params,
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            dummy_hash: Arc::from(""),
+        };
+
+        let mut random = Zeroizing::new([0u8; 32]);
+        aws_lc_rs::rand::fill(random.as_mut())
+            .map_err(|_| Error::Crypto("generate random bytes"))?;
+        let dummy_password = Password::new(base64_encode(random.as_ref()));
+        hasher.dummy_hash = Arc::from(hasher.hash(dummy_password).await?);
+
+        Ok(hasher)
+    }
+
+    /// Hashes a password with a fresh random salt and returns the PHC string.
+    pub async fn hash(&self, password: Password) -> Result<String, Error> {
+        let mut salt = [0u8; SALT_BYTES];
+        aws_lc_rs::rand::fill(&mut salt).map_err(|_| Error::Crypto("generate random bytes"))?;
+        let salt = SaltString::encode_b64(&salt).map_err(Error::PasswordHash)?;
+
+        let argon2 = self.argon2();
+        self.run_blocking(move || {
+            argon2
+                .hash_password(password.expose().as_bytes(), &salt)
+                .map(|hash| hash.to_string())
+                .map_err(Error::PasswordHash)
+        })
+        .await
+    }
+
+    /// Verifies a password against a stored PHC string, or against the dummy hash when
+    /// `stored_hash` is `None`, in which case the result is always `false`.
+    ///
+    /// The stored hash's own parameters apply, so hashes made with older settings still verify.
+    pub async fn verify(
+        &self,
+        password: Password,
+        stored_hash: Option<&str>,
+    ) -> Result<bool, Error> {
+        let user_exists = stored_hash.is_some();
+        let phc: Arc<str> = match stored_hash {
+            Some(hash) => Arc::from(hash),
+            None => Arc::clone(&self.dummy_hash),
+        };
+
+        let argon2 = self.argon2();
+        let matches = self
+            .run_blocking(move || {
+                let parsed = PasswordHash::new(&phc).map_err(Error::PasswordHash)?;
+                match argon2.verify_password(password.expose().as_bytes(), &parsed) {
+                    Ok(()) => Ok(true),
+                    Err(argon2::password_hash::Error::Password) => Ok(false),
+                    Err(other) => Err(Error::PasswordHash(other)),
+                }
+            })
+            .await?;
+
+        Ok(matches && user_exists)
+    }
+
+    fn argon2(&self) -> Argon2<'static> {
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone())
+    }
+
+    async fn run_blocking<T, F>(&self, work: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Result<T, Error> + Send + 'static,
+    {
+        // Acquiring fails only on a closed semaphore, and nothing closes this one.
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Crypto("password hashing queue closed"))?;
+
+        tokio::task::spawn_blocking(move || {
+            let result = work();
+            drop(permit);
+            result
+        })
+        .await
+        .map_err(Error::Task)?
+    }
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Cheap parameters so the tests run fast; the production defaults are tested separately.
+    fn test_params() -> HashParams {
+        HashParams {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        }
+    }
+
+    #[test]
+    fn default_params_follow_owasp() {
+        let params = HashParams::default();
+
+        assert_eq!(params.memory_kib, 19_456);
+        assert_eq!(params.iterations, 2);
+        assert_eq!(params.parallelism, 1);
+    }
+
+    #[tokio::test]
+    async fn hash_then_verify() -> Result<(), Error> {
+        let hasher = PasswordHasher::new(test_params(), 2).await?;
+
+        let hash = hasher.hash(Password::new("correct horse".into())).await?;
+
+        assert!(hash.starts_with("$argon2id$v=19$m=64,t=1,p=1$"));
+        assert!(
+            hasher
+                .verify(Password::new("correct horse".into()), Some(&hash))
+                .await?
+        );
+        assert!(
+            !hasher
+                .verify(Password::new("wrong horse".into()), Some(&hash))
+                .await?
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn same_password_gets_different_salts() -> Result<(), Error> {
+        let hasher = PasswordHasher::new(test_params(), 1).await?;
+
+        let first = hasher.hash(Password::new("pw".into())).await?;
+        let second = hasher.hash(Password::new("pw".into())).await?;
+
+        assert_ne!(first, second);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn verify_without_user_is_false() -> Result<(), Error> {
+        let hasher = PasswordHasher::new(test_params(), 1).await?;
+
+        let matches = hasher
+            .verify(Password::new("anything".into()), None)
+            .await?;
+
+        assert!(!matches);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn verify_uses_stored_params() -> Result<(), Error> {
+        let old = PasswordHasher::new(test_params(), 1).await?;
+        let hash = old.hash(Password::new("pw".into())).await?;
+        let stronger = HashParams {
+            memory_kib: 128,
+            iterations: 2,
+            parallelism: 1,
+        };
+        let new = PasswordHasher::new(stronger, 1).await?;
+
+        assert!(new.verify(Password::new("pw".into()), Some(&hash)).await?);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn invalid_params_are_rejected() {
+        let params = HashParams {
+            memory_kib: 1,
+            iterations: 1,
+            parallelism: 1,
+        };
+
+        assert!(PasswordHasher::new(params, 1).await.is_err());
+    }
+
+    #[test]
+    fn password_debug_is_redacted() {
+        let password = Password::new("hunter2".into());
+
+        assert_eq!(format!("{password:?}"), "Password([redacted])");
+    }
+
+    #[test]
+    fn password_length_limits() {
+        assert!(Password::new(String::new()).validate().is_err());
+        assert!(Password::new("a".repeat(1024)).validate().is_ok());
+        assert!(Password::new("a".repeat(1025)).validate().is_err());
+    }
+}

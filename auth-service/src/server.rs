@@ -1,0 +1,196 @@
+//! Start-up: opening storage, loading keys, binding the listener and serving until shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use school_guard::verify::{TokenVerifier, VerifierConfig};
+use school_proto::auth::v1::auth_service_server::AuthServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::keys::KeyRing;
+use crate::password::PasswordHasher;
+use crate::service::AuthApi;
+use crate::store::SledStore;
+use crate::tokens::TokenIssuer;
+use crate::users::Users;
+
+/// The gRPC service name, as health checks and reflection report it.
+pub const SERVICE_NAME: &str = "school.auth.v1.AuthService";
+
+/// The largest request message accepted, in bytes. Requests carry at most a 1 KiB password or
+/// an 8 KiB token, so anything near this size is hostile.
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// A server with storage open, keys loaded and the listener bound, not yet serving.
+#[derive(Debug)]
+pub struct BoundServer {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    store: SledStore,
+    users: Users,
+    api: AuthApi,
+}
+
+/// Opens the store and a password hasher with the configured parameters, for the server and
+/// the offline `user` subcommands.
+pub async fn open_users(config: &Config) -> Result<(SledStore, Users), Error> {
+    let store = SledStore::open(&config.data_dir).await?;
+    let hasher = PasswordHasher::new(config.hash_params(), config.hash_concurrency()).await?;
+    let users = Users::new(Arc::new(store.clone()), hasher);
+    Ok((store, users))
+}
+
+/// Validates the configuration, opens storage, loads or creates the signing key, creates the
+/// bootstrap admin if configured and missing, and binds the listener.
+///
+/// Fails with [`Error::DataDirLocked`] if another server or `user` command has the data
+/// directory open, and with [`Error::InvalidConfig`] before touching anything if a setting is invalid.
+pub async fn bind(config: Config) -> Result<BoundServer, Error> {
+    config.validate()?;
+
+    let (store, users) = open_users(&config).await?;
+    let keys = Arc::new(KeyRing::load_or_create(&store).await?);
+    create_bootstrap_admin(&config, &users).await?;
+
+    let issuer = TokenIssuer::new(
+        Arc::clone(&keys),
+        config.issuer.clone(),
+        config.audience.clone(),
+        config.token_ttl(),
+    );
+    let verifier = TokenVerifier::new(
+        keys.key_set()?,
+        VerifierConfig {
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            leeway: config.leeway(),
+        },
+    );
+    let api = AuthApi::new(users.clone(), issuer, verifier, &keys);
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| Error::Bind {
+        addr: config.listen,
+        source,
+    })?;
+
+    Ok(BoundServer {
+        listener,
+        local_addr,
+        store,
+        users,
+        api,
+    })
+}
+
+async fn create_bootstrap_admin(config: &Config, users: &Users) -> Result<(), Error> {
+    let (Some(username), Some(password)) = (
+        &config.bootstrap_admin_username,
+        &config.bootstrap_admin_password,
+    ) else {
+        return Ok(());
+    };
+    if users.ensure_admin(username, password).await? {
+        tracing::info!(user.name = %username, "bootstrap admin created");
+    }
+    Ok(())
+}
+
+impl BoundServer {
+    /// Returns the bound address, with the real port when the configuration asked for port 0.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Returns a handle to the user accounts of this server's store.
+    pub fn users(&self) -> Users {
+        self.users.clone()
+    }
+
+    /// Serves AuthService, health and reflection until `shutdown` completes, then stops
+    /// accepting connections, lets in-flight requests finish, and flushes the database.
+    ///
+    /// Health reports SERVING for `""` and [`SERVICE_NAME`] while running and NOT_SERVING for
+    /// both once shutdown starts.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Error> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_service_status(SERVICE_NAME, ServingStatus::Serving)
+            .await;
+        let reflection_v1 = reflection_builder().build_v1().map_err(Error::Reflection)?;
+        let reflection_v1alpha = reflection_builder()
+            .build_v1alpha()
+            .map_err(Error::Reflection)?;
+        let auth = AuthServiceServer::new(self.api).max_decoding_message_size(MAX_REQUEST_BYTES);
+
+        let shutdown = async move {
+            shutdown.await;
+            tracing::info!("shutdown requested; finishing in-flight requests");
+            for name in ["", SERVICE_NAME] {
+                health
+                    .set_service_status(name, ServingStatus::NotServing)
+                    .await;
+            }
+        };
+        let served = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(auth)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
+            .await
+            .map_err(Error::Transport);
+
+        let flushed = self.store.flush().await;
+        served.and(flushed)
+    }
+}
+
+/// Lists AuthService, health and both reflection versions, but not the StudentService that
+/// shares the descriptor set.
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(school_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+        .with_service_name(SERVICE_NAME)
+        .with_service_name("grpc.health.v1.Health")
+        .with_service_name("grpc.reflection.v1.ServerReflection")
+        .with_service_name("grpc.reflection.v1alpha.ServerReflection")
+}
+
+/// Returns a future that completes on the first SIGINT or SIGTERM. The handlers are installed
+/// before this returns, so a signal that arrives later is not lost.
+pub fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static, Error> {
+    use tokio::signal::unix::{SignalKind, signal};
+
+    let install = |kind| {
+        signal(kind).map_err(|source| Error::Io {
+            operation: "install signal handler",
+            source,
+        })
+    };
+    let mut interrupt = install(SignalKind::interrupt())?;
+    let mut terminate = install(SignalKind::terminate())?;
+
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!(signal = "SIGINT", "signal received"),
+            _ = terminate.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
+        }
+    })
+}

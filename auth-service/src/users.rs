@@ -1,0 +1,306 @@
+//! User accounts: creation, enabling and disabling, and password checks.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::clock::unix_now;
+use crate::error::Error;
+use crate::password::{Password, PasswordHasher};
+use crate::role::Role;
+use crate::store::{UserRecord, UserStore};
+
+/// The longest accepted username, in bytes of UTF-8.
+pub const MAX_USERNAME_BYTES: usize = 64;
+
+/// A user as listed by [`Users::list`], without the password hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserSummary {
+    /// The account name.
+    pub username: String,
+    /// The role copied into issued tokens.
+    pub role: Role,
+    /// Whether login is rejected.
+    pub disabled: bool,
+    /// Creation time in seconds since the Unix epoch.
+    pub created_at: i64,
+}
+
+/// A cloneable handle to the user accounts, shared by the gRPC service, the bootstrap step,
+/// the `user` subcommands and tests.
+#[derive(Clone)]
+pub struct Users {
+    store: Arc<dyn UserStore>,
+    hasher: PasswordHasher,
+}
+
+impl fmt::Debug for Users {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Users")
+            .field("hasher", &self.hasher)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Users {
+    /// Creates a handle over a store, hashing passwords with `hasher`.
+    pub fn new(store: Arc<dyn UserStore>, hasher: PasswordHasher) -> Self {
+        Self { store, hasher }
+    }
+
+    /// Creates an enabled user, failing with [`Error::UserExists`] if the name is taken.
+    ///
+    /// The username must be 1 to 64 bytes without whitespace or control characters, and the
+    /// password 1 to 1024 bytes; otherwise the error is [`Error::InvalidArgument`].
+    // TODO: no password strength policy beyond the length limits.
+    #[tracing::instrument(skip_all, fields(user.name = %username, user.role = %role))]
+    pub async fn create(&self, username: &str, password: &str, role: Role) -> Result<(), Error> {
+        validate_new_username(username)?;
+        let password = Password::new(password.to_owned());
+        password.validate()?;
+
+        let password_hash = self.hasher.hash(password).await?;
+        let user = UserRecord {
+            username: username.to_owned(),
+            password_hash,
+            role,
+            disabled: false,
+            created_at: unix_now(),
+        };
+        self.store.insert_new(&user).await?;
+
+        tracing::info!("user created");
+        Ok(())
+    }
+
+    /// Disables or re-enables login for a user, failing with [`Error::UserNotFound`].
+    /// Tokens issued before a user is disabled stay valid until they expire.
+    #[tracing::instrument(skip_all, fields(user.name = %username, user.disabled = disabled))]
+    pub async fn set_disabled(&self, username: &str, disabled: bool) -> Result<(), Error> {
+        self.store.set_disabled(username, disabled).await?;
+
+        tracing::info!("user status changed");
+        Ok(())
+    }
+
+    /// Returns every user, ordered by username bytes.
+    pub async fn list(&self) -> Result<Vec<UserSummary>, Error> {
+        let users = self.store.list().await?;
+        Ok(users
+            .into_iter()
+            .map(|user| UserSummary {
+                username: user.username,
+                role: user.role,
+                disabled: user.disabled,
+                created_at: user.created_at,
+            })
+            .collect())
+    }
+
+    /// Creates the user as admin unless a user with that name exists; returns whether it was
+    /// created. An existing user keeps its password, role and status.
+    pub async fn ensure_admin(&self, username: &str, password: &Password) -> Result<bool, Error> {
+        if self.store.get(username).await?.is_some() {
+            return Ok(false);
+        }
+        match self.create(username, password.expose(), Role::Admin).await {
+            Ok(()) => Ok(true),
+            // Another writer created it between the check and the insert.
+            Err(Error::UserExists(_)) => Ok(false),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Checks a password and returns the user's role.
+    ///
+    /// An unknown user, a wrong password and a disabled account all fail with
+    /// [`Error::InvalidCredentials`] after one Argon2 verification each, so neither the error
+    /// nor the time taken reveals which usernames exist. The log records the real outcome.
+    pub async fn authenticate(&self, username: &str, password: Password) -> Result<Role, Error> {
+        validate_username(username)?;
+        password.validate()?;
+
+        let user = self.store.get(username).await?;
+        let stored_hash = user.as_ref().map(|user| user.password_hash.as_str());
+        let password_matches = self.hasher.verify(password, stored_hash).await?;
+
+        let outcome = match user {
+            None => Err("unknown_user"),
+            Some(_) if !password_matches => Err("wrong_password"),
+            Some(user) if user.disabled => Err("disabled"),
+            Some(user) => Ok(user.role),
+        };
+        match outcome {
+            Ok(role) => {
+                tracing::info!(user.name = %username, outcome = "success", "login");
+                Ok(role)
+            }
+            Err(reason) => {
+                tracing::info!(user.name = %username, outcome = "failure", reason, "login");
+                Err(Error::InvalidCredentials)
+            }
+        }
+    }
+}
+
+/// Checks the length limits of the proto contract: 1 to [`MAX_USERNAME_BYTES`] bytes.
+pub fn validate_username(username: &str) -> Result<(), Error> {
+    if username.is_empty() || username.len() > MAX_USERNAME_BYTES {
+        return Err(Error::InvalidArgument {
+            field: "username",
+            reason: "must be 1 to 64 bytes",
+        });
+    }
+    Ok(())
+}
+
+/// Checks a name for a new account: the length limits, and no whitespace or control
+/// characters, which would make names look alike in logs and listings.
+fn validate_new_username(username: &str) -> Result<(), Error> {
+    validate_username(username)?;
+    if username
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(Error::InvalidArgument {
+            field: "username",
+            reason: "must not contain whitespace or control characters",
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::password::HashParams;
+    use crate::store::SledStore;
+
+    async fn users(dir: &std::path::Path) -> Result<Users, Error> {
+        let store = SledStore::open(dir).await?;
+        let params = HashParams {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        };
+        let hasher = PasswordHasher::new(params, 2).await?;
+        Ok(Users::new(Arc::new(store), hasher))
+    }
+
+    #[tokio::test]
+    async fn create_then_authenticate() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let users = users(dir.path()).await?;
+
+        users.create("alice", "s3cret", Role::Teacher).await?;
+        let role = users
+            .authenticate("alice", Password::new("s3cret".into()))
+            .await?;
+
+        assert_eq!(role, Role::Teacher);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn authenticate_failures_look_alike() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let users = users(dir.path()).await?;
+        users.create("alice", "s3cret", Role::Student).await?;
+        users.create("bob", "s3cret", Role::Student).await?;
+        users.set_disabled("bob", true).await?;
+
+        let wrong_password = users
+            .authenticate("alice", Password::new("nope".into()))
+            .await;
+        let unknown_user = users
+            .authenticate("carol", Password::new("s3cret".into()))
+            .await;
+        let disabled = users
+            .authenticate("bob", Password::new("s3cret".into()))
+            .await;
+
+        assert!(matches!(wrong_password, Err(Error::InvalidCredentials)));
+        assert!(matches!(unknown_user, Err(Error::InvalidCredentials)));
+        assert!(matches!(disabled, Err(Error::InvalidCredentials)));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn reenabled_user_can_log_in() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let users = users(dir.path()).await?;
+        users.create("alice", "s3cret", Role::Admin).await?;
+
+        users.set_disabled("alice", true).await?;
+        users.set_disabled("alice", false).await?;
+
+        assert!(
+            users
+                .authenticate("alice", Password::new("s3cret".into()))
+                .await
+                .is_ok()
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn create_rejects_bad_usernames() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let users = users(dir.path()).await?;
+
+        for name in ["", "two words", "tab\there", &"x".repeat(65)] {
+            let created = users.create(name, "pw", Role::Student).await;
+            assert!(
+                matches!(
+                    created,
+                    Err(Error::InvalidArgument {
+                        field: "username",
+                        ..
+                    })
+                ),
+                "username {name:?} was accepted"
+            );
+        }
+        assert!(
+            users
+                .create(&"x".repeat(64), "pw", Role::Student)
+                .await
+                .is_ok()
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn ensure_admin_keeps_existing_user() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let users = users(dir.path()).await?;
+        users.create("root", "original", Role::Teacher).await?;
+
+        let created = users
+            .ensure_admin("root", &Password::new("other".into()))
+            .await?;
+
+        assert!(!created);
+        let role = users
+            .authenticate("root", Password::new("original".into()))
+            .await?;
+        assert_eq!(role, Role::Teacher);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn ensure_admin_creates_missing_user() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let users = users(dir.path()).await?;
+
+        let created = users
+            .ensure_admin("root", &Password::new("pw".into()))
+            .await?;
+
+        assert!(created);
+        let listed = users.list().await?;
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].username, "root");
+        assert_eq!(listed[0].role, Role::Admin);
+        Ok(())
+    }
+}
