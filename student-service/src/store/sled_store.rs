@@ -115,6 +115,9 @@ fn id_from_ivec(value: &IVec) -> Uuid {
     Uuid::from_slice(value).unwrap_or_else(|_| Uuid::nil())
 }
 
+// TODO: sled's reads, scans and transactions are synchronous and run on the async worker
+// thread. They are short for a roster that fits in sled's cache; a larger data set should move
+// them to `spawn_blocking`.
 impl StudentStore for SledStore {
     async fn insert(&self, record: &StudentRecord) -> Result<(), Error> {
         let key = *record.id.as_bytes();

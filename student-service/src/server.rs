@@ -1,0 +1,228 @@
+//! Start-up and serving: binding the listener, the key fetch, health, reflection and shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use school_guard::keys::KeySet;
+use school_guard::remote::KeyFetcher;
+use school_guard::verify::{TokenVerifier, VerifierConfig};
+use school_guard::{Guard, GuardLayer};
+use school_proto::auth::v1::auth_service_client::AuthServiceClient;
+use school_proto::student::v1::student_service_server::{SERVICE_NAME, StudentServiceServer};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Endpoint, Server};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::service::StudentApi;
+use crate::store::{SledStore, StudentStore};
+
+/// Name of the health service, advertised through reflection.
+const HEALTH_SERVICE_NAME: &str = "grpc.health.v1.Health";
+
+/// Maximum time to establish the connection to auth-service.
+const AUTH_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Maximum time of one call to auth-service.
+const AUTH_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long in-flight calls may run after the shutdown signal before they are dropped. Health
+/// `Watch` streams never end by themselves, so graceful shutdown needs a bound.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A server whose configuration, policy and storage are loaded and whose listener is bound,
+/// ready to [`serve`](BoundServer::serve).
+pub struct BoundServer {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    store: Arc<SledStore>,
+    guard: Arc<Guard>,
+    fetcher: Arc<KeyFetcher>,
+    key_refresh: Duration,
+}
+
+/// Validates `config`, parses the policy, opens the database and binds the listener.
+///
+/// It does not contact auth-service: [`BoundServer::serve`] fetches the verification keys in
+/// the background.
+pub async fn bind(config: Config) -> Result<BoundServer, Error> {
+    config.validate()?;
+    let policy = config.load_policy()?;
+
+    let store = Arc::new(SledStore::open(&config.data_dir)?);
+    tracing::info!(data_dir = %config.data_dir.display(), "student database opened");
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| Error::Bind {
+        addr: config.listen,
+        source,
+    })?;
+
+    // `validate` has already accepted the URL, so this error is unreachable unless the two
+    // checks drift apart.
+    let channel = Endpoint::from_shared(config.auth_url.clone())
+        .map_err(|_| Error::InvalidConfig {
+            flag: "--auth-url",
+            env: "STUDENT_AUTH_URL",
+            reason: format!("{:?} is not a valid URL", config.auth_url),
+        })?
+        .connect_timeout(AUTH_CONNECT_TIMEOUT)
+        .timeout(AUTH_CALL_TIMEOUT)
+        .connect_lazy();
+    let keys = KeySet::new();
+    let fetcher = Arc::new(KeyFetcher::new(
+        AuthServiceClient::new(channel),
+        keys.clone(),
+    ));
+    let verifier = TokenVerifier::new(
+        keys,
+        VerifierConfig {
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            leeway: config.leeway(),
+        },
+    );
+    let guard = Arc::new(Guard::new(verifier, policy).with_key_fetcher(Arc::clone(&fetcher)));
+
+    Ok(BoundServer {
+        listener,
+        local_addr,
+        store,
+        guard,
+        fetcher,
+        key_refresh: config.key_refresh_interval(),
+    })
+}
+
+impl BoundServer {
+    /// Returns the address the listener is bound to, with the actual port when port 0 was
+    /// requested.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves gRPC until `shutdown` completes, then finishes in-flight calls (for at most
+    /// 10 seconds) and flushes the database.
+    ///
+    /// Health reports NOT_SERVING for "" and `school.student.v1.StudentService` until the
+    /// first key fetch from auth-service succeeds, then SERVING until shutdown starts. The keys
+    /// are refreshed at the configured interval.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Error> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        set_health(&health, ServingStatus::NotServing).await;
+
+        let reflection_v1 = reflection_builder().build_v1().map_err(Error::Reflection)?;
+        let reflection_v1alpha = reflection_builder()
+            .build_v1alpha()
+            .map_err(Error::Reflection)?;
+        let students = StudentServiceServer::new(StudentApi::new(Arc::clone(&self.store)));
+
+        let keys_task = tokio::spawn(load_keys(
+            Arc::clone(&self.fetcher),
+            health.clone(),
+            self.key_refresh,
+        ));
+
+        let (drain_started, drain_signal) = oneshot::channel::<()>();
+        let signal = {
+            let health = health.clone();
+            async move {
+                shutdown.await;
+                tracing::info!("shutdown requested; finishing in-flight calls");
+                set_health(&health, ServingStatus::NotServing).await;
+                let _ = drain_started.send(());
+            }
+        };
+        let grace_expired = async move {
+            if drain_signal.await.is_ok() {
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+
+        let serving = Server::builder()
+            .layer(GuardLayer::new(self.guard))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(students)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal);
+        let served = tokio::select! {
+            result = serving => result.map_err(Error::Transport),
+            () = grace_expired => {
+                tracing::warn!(
+                    grace_secs = SHUTDOWN_GRACE.as_secs(),
+                    "in-flight calls did not finish within the grace period; dropping them"
+                );
+                Ok(())
+            }
+        };
+
+        keys_task.abort();
+        let flushed = self.store.flush().await;
+        served?;
+        flushed
+    }
+}
+
+/// Starts a reflection builder that lists only the services this server runs. The school
+/// descriptor set also describes AuthService, which must not be advertised here.
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(school_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name(SERVICE_NAME)
+        .with_service_name(HEALTH_SERVICE_NAME)
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health.set_service_status(SERVICE_NAME, status).await;
+}
+
+/// Fetches the verification keys until one fetch succeeds, reports SERVING, then keeps the
+/// keys refreshed every `refresh` until this task is aborted.
+async fn load_keys(fetcher: Arc<KeyFetcher>, health: HealthReporter, refresh: Duration) {
+    fetcher.fetch_until_ready().await;
+    set_health(&health, ServingStatus::Serving).await;
+    tracing::info!("verification keys loaded; health is SERVING");
+
+    let refresher = AbortOnDrop(fetcher.spawn_refresh(refresh));
+    refresher.wait().await;
+}
+
+/// Aborts the task when dropped, so aborting [`load_keys`] also stops the refresh task it
+/// spawned.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl AbortOnDrop {
+    async fn wait(mut self) {
+        if let Err(error) = (&mut self.0).await
+            && error.is_panic()
+        {
+            tracing::error!("the key refresh task panicked; keys are no longer refreshed");
+        }
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
