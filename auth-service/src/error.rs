@@ -55,8 +55,8 @@ pub enum Error {
 
     /// Another process holds the lock on the data directory.
     #[error(
-        "data directory {} is in use by another process (could not acquire its lock); \
-         stop that process or choose another --data-dir",
+        "data directory {} is locked by another auth-service that has it open. \
+         Stop that process or choose another --data-dir",
         dir.display()
     )]
     DataDirLocked {

@@ -29,7 +29,6 @@ async fn main() -> ExitCode {
     match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(error = %error.report(), "auth-service failed");
             eprintln!("auth-service: {}", error.report());
             ExitCode::from(error.exit_code())
         }
