@@ -18,6 +18,10 @@ const MAX_LEEWAY_SECS: u64 = 300;
 /// Maximum accepted key refresh interval: one day.
 const MAX_KEY_REFRESH_SECS: u64 = 86_400;
 
+/// Maximum accepted shutdown grace period, so a typo cannot keep a stopping process alive
+/// for hours.
+const MAX_SHUTDOWN_GRACE_SECS: u64 = 300;
+
 /// Settings of one student-service process. Every flag can also be set through the
 /// environment variable named in its help.
 #[derive(Debug, Clone, Parser)]
@@ -75,6 +79,16 @@ pub struct Config {
         default_value_t = 300
     )]
     pub key_refresh_secs: u64,
+
+    /// Maximum time in seconds that in-flight calls, such as health watch streams, may run after
+    /// SIGINT or SIGTERM before they are dropped (at most 300).
+    #[arg(
+        long,
+        env = "STUDENT_SHUTDOWN_GRACE_SECS",
+        value_name = "SECONDS",
+        default_value_t = 10
+    )]
+    pub shutdown_grace_secs: u64,
 
     /// TOML file with the authorization policy; the built-in policy is used when absent.
     #[arg(long, env = "STUDENT_POLICY", value_name = "FILE")]
@@ -136,6 +150,16 @@ impl Config {
                 ),
             ));
         }
+        if self.shutdown_grace_secs > MAX_SHUTDOWN_GRACE_SECS {
+            return Err(invalid(
+                "--shutdown-grace-secs",
+                "STUDENT_SHUTDOWN_GRACE_SECS",
+                format!(
+                    "must be at most {MAX_SHUTDOWN_GRACE_SECS}, got {}",
+                    self.shutdown_grace_secs
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -161,6 +185,11 @@ impl Config {
     /// Interval between fetches of the verification keys.
     pub fn key_refresh_interval(&self) -> Duration {
         Duration::from_secs(self.key_refresh_secs)
+    }
+
+    /// Maximum time that in-flight calls may run after shutdown starts.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
     }
 }
 
@@ -224,6 +253,7 @@ mod tests {
         assert_eq!(config.audience, "school");
         assert_eq!(config.leeway_secs, 5);
         assert_eq!(config.key_refresh_secs, 300);
+        assert_eq!(config.shutdown_grace_secs, 10);
         assert_eq!(config.policy, None);
         assert_eq!(config.log_format, LogFormat::Text);
         config.validate().unwrap();
@@ -278,6 +308,7 @@ mod tests {
             (["--leeway-secs", "301"], "--leeway-secs"),
             (["--key-refresh-secs", "0"], "--key-refresh-secs"),
             (["--key-refresh-secs", "86401"], "--key-refresh-secs"),
+            (["--shutdown-grace-secs", "301"], "--shutdown-grace-secs"),
         ];
         for (args, flag) in cases {
             let config = parse(&args).unwrap();

@@ -33,10 +33,6 @@ const AUTH_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Maximum time of one call to auth-service.
 const AUTH_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long in-flight calls may run after the shutdown signal before they are dropped. Health
-/// `Watch` streams never end by themselves, so graceful shutdown needs a bound.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
 /// A server whose configuration, policy and storage are loaded and whose listener is bound,
 /// ready to [`serve`](BoundServer::serve).
 pub struct BoundServer {
@@ -46,6 +42,8 @@ pub struct BoundServer {
     guard: Arc<Guard>,
     fetcher: Arc<KeyFetcher>,
     key_refresh: Duration,
+    /// Health `Watch` streams never end by themselves, so graceful shutdown needs a bound.
+    shutdown_grace: Duration,
 }
 
 /// Validates `config`, parses the policy, opens the database and binds the listener.
@@ -103,6 +101,7 @@ pub async fn bind(config: Config) -> Result<BoundServer, Error> {
         guard,
         fetcher,
         key_refresh: config.key_refresh_interval(),
+        shutdown_grace: config.shutdown_grace(),
     })
 }
 
@@ -113,8 +112,8 @@ impl BoundServer {
         self.local_addr
     }
 
-    /// Serves gRPC until `shutdown` completes, then finishes in-flight calls (for at most
-    /// 10 seconds) and flushes the database.
+    /// Serves gRPC until `shutdown` completes, then finishes in-flight calls for at most the
+    /// configured grace period and flushes the database.
     ///
     /// Health reports NOT_SERVING for "" and `school.student.v1.StudentService` until the
     /// first key fetch from auth-service succeeds, then SERVING until shutdown starts. The keys
@@ -148,9 +147,10 @@ impl BoundServer {
                 let _ = drain_started.send(());
             }
         };
+        let grace = self.shutdown_grace;
         let grace_expired = async move {
             if drain_signal.await.is_ok() {
-                tokio::time::sleep(SHUTDOWN_GRACE).await;
+                tokio::time::sleep(grace).await;
             } else {
                 std::future::pending::<()>().await;
             }
@@ -165,9 +165,11 @@ impl BoundServer {
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal);
         let served = tokio::select! {
             result = serving => result.map_err(Error::Transport),
+            // NOTE: tonic runs each connection in its own task, so a connection still open
+            // here lives on, holding the store and its directory lock, until the runtime stops.
             () = grace_expired => {
                 tracing::warn!(
-                    grace_secs = SHUTDOWN_GRACE.as_secs(),
+                    grace_secs = grace.as_secs(),
                     "in-flight calls did not finish within the grace period; dropping them"
                 );
                 Ok(())

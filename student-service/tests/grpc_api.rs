@@ -152,6 +152,8 @@ fn config(data_dir: &std::path::Path, auth: SocketAddr) -> Config {
         data_dir.to_str().unwrap(),
         "--auth-url",
         &format!("http://{auth}"),
+        "--shutdown-grace-secs",
+        "1",
     ])
     .unwrap()
 }
@@ -842,4 +844,26 @@ async fn binary_exits_on_locked_dir() {
     assert!(stderr.contains("is locked by another process"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     app.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_finishes_despite_open_watch() {
+    let app = TestApp::start().await;
+    let mut watch = app
+        .health()
+        .await
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.next().await.unwrap().unwrap();
+    assert_eq!(status_of(&first), ServingStatus::Serving);
+
+    let stopping = tokio::spawn(app.stop());
+    let update = watch.next().await.unwrap().unwrap();
+
+    assert_eq!(status_of(&update), ServingStatus::NotServing);
+    stopping.await.unwrap();
 }
