@@ -1,1 +1,356 @@
-//! placeholder
+//! Test harness: starts auth-service and student-service in-process on loopback port 0, each on
+//! its own temporary sled directory, and hands out real gRPC clients.
+//!
+//! Servers are stopped through their shutdown signal, the same path SIGTERM takes in the
+//! binaries, so a restart test exercises the real flush-and-close sequence.
+
+pub mod forge;
+pub mod walkthrough;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use auth_service::Role;
+use clap::Parser as _;
+use school_proto::auth::v1::LoginRequest;
+use school_proto::auth::v1::auth_service_client::AuthServiceClient;
+use school_proto::student::v1::student_service_client::StudentServiceClient;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// The password every user created by [`Stack::start`] gets.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// The users [`Stack::start`] creates: one per role, plus a second student.
+pub const ADMIN: &str = "ada";
+/// A teacher account.
+pub const TEACHER: &str = "tom";
+/// A student account that owns records in tests.
+pub const STUDENT: &str = "sam";
+/// A second student account, for checks that one student cannot read another's record.
+pub const OTHER_STUDENT: &str = "sue";
+
+/// How long a test waits for a server to become ready before it fails.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// An auth-service running in this process.
+pub struct RunningAuth {
+    /// The bound loopback address.
+    pub addr: SocketAddr,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    users: auth_service::Users,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), auth_service::Error>>,
+}
+
+impl RunningAuth {
+    /// Starts auth-service on `127.0.0.1:0` with data in `data_dir` and extra command-line flags.
+    pub async fn start(data_dir: &Path, extra_args: &[&str]) -> RunningAuth {
+        let mut args = vec![
+            "auth-service".to_owned(),
+            "--data-dir".to_owned(),
+            data_dir.display().to_string(),
+        ];
+        if !extra_args.contains(&"--listen") {
+            args.extend(["--listen".to_owned(), "127.0.0.1:0".to_owned()]);
+        }
+        args.extend(extra_args.iter().map(|arg| (*arg).to_owned()));
+        let server = retry_while_locked(|| {
+            auth_service::bind(
+                auth_service::Config::try_parse_from(&args).expect("auth-service flags"),
+            )
+        })
+        .await
+        .expect("auth-service binds");
+        let addr = server.local_addr();
+        let users = server.users();
+        let (shutdown, signal) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(async {
+            let _ = signal.await;
+        }));
+
+        let running = RunningAuth {
+            addr,
+            data_dir: data_dir.to_owned(),
+            users,
+            shutdown: Some(shutdown),
+            task,
+        };
+        wait_until_serving(&running.url(), "school.auth.v1.AuthService").await;
+        running
+    }
+
+    /// Returns the `http://` URL of the server.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Returns the user accounts of the running server.
+    pub fn users(&self) -> &auth_service::Users {
+        &self.users
+    }
+
+    /// Connects a new AuthService client.
+    pub async fn client(&self) -> AuthServiceClient<Channel> {
+        AuthServiceClient::connect(self.url())
+            .await
+            .expect("connect to auth-service")
+    }
+
+    /// Logs in and returns the access token, failing the test if login fails.
+    pub async fn login(&self, username: &str, password: &str) -> String {
+        self.client()
+            .await
+            .login(LoginRequest {
+                username: username.to_owned(),
+                password: password.to_owned(),
+            })
+            .await
+            .unwrap_or_else(|status| panic!("login as {username} failed: {status:?}"))
+            .into_inner()
+            .access_token
+    }
+
+    /// Stops the server gracefully and waits until its database is closed.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        let result = (&mut self.task).await.expect("auth-service task");
+        result.expect("auth-service stops cleanly");
+    }
+}
+
+/// A student-service running in this process.
+pub struct RunningStudent {
+    /// The bound loopback address.
+    pub addr: SocketAddr,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), student_service::Error>>,
+}
+
+impl RunningStudent {
+    /// Starts student-service on `127.0.0.1:0` with data in `data_dir`, trusting the
+    /// auth-service at `auth_url`, and waits until it reports SERVING.
+    pub async fn start(data_dir: &Path, auth_url: &str, extra_args: &[&str]) -> RunningStudent {
+        let running = Self::start_unready(data_dir, auth_url, extra_args).await;
+        wait_until_serving(&running.url(), "school.student.v1.StudentService").await;
+        running
+    }
+
+    /// Starts student-service without waiting for it to fetch keys.
+    pub async fn start_unready(
+        data_dir: &Path,
+        auth_url: &str,
+        extra_args: &[&str],
+    ) -> RunningStudent {
+        let mut args = vec![
+            "student-service".to_owned(),
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--data-dir".to_owned(),
+            data_dir.display().to_string(),
+            "--auth-url".to_owned(),
+            auth_url.to_owned(),
+        ];
+        args.extend(extra_args.iter().map(|arg| (*arg).to_owned()));
+        let server = retry_while_locked(|| {
+            student_service::bind(
+                student_service::Config::try_parse_from(&args).expect("student-service flags"),
+            )
+        })
+        .await
+        .expect("student-service binds");
+        let addr = server.local_addr();
+        let (shutdown, signal) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(async {
+            let _ = signal.await;
+        }));
+
+        RunningStudent {
+            addr,
+            data_dir: data_dir.to_owned(),
+            shutdown: Some(shutdown),
+            task,
+        }
+    }
+
+    /// Returns the `http://` URL of the server.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Connects a new StudentService client.
+    pub async fn client(&self) -> StudentServiceClient<Channel> {
+        StudentServiceClient::connect(self.url())
+            .await
+            .expect("connect to student-service")
+    }
+
+    /// Opens a channel to the server, for clients of other services it hosts.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url())
+            .expect("valid URL")
+            .connect()
+            .await
+            .expect("connect to student-service")
+    }
+
+    /// Stops the server gracefully and waits until its database is closed.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        let result = (&mut self.task).await.expect("student-service task");
+        result.expect("student-service stops cleanly");
+    }
+}
+
+/// Both services, with one user per role.
+pub struct Stack {
+    /// The temporary directory that holds both data directories.
+    pub dir: tempfile::TempDir,
+    /// The running auth-service.
+    pub auth: RunningAuth,
+    /// The running student-service.
+    pub student: RunningStudent,
+    /// A forger holding auth-service's own signing key, for tokens with chosen claims.
+    pub forger: forge::Forger,
+}
+
+impl Stack {
+    /// Starts both services on fresh data directories and creates the users [`ADMIN`],
+    /// [`TEACHER`], [`STUDENT`] and [`OTHER_STUDENT`], all with [`PASSWORD`].
+    pub async fn start() -> Stack {
+        Self::start_with(&[], &[]).await
+    }
+
+    /// Starts both services with extra flags for each.
+    pub async fn start_with(auth_args: &[&str], student_args: &[&str]) -> Stack {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let auth_dir = dir.path().join("auth");
+        let auth = RunningAuth::start(&auth_dir, auth_args).await;
+        for (username, role) in [
+            (ADMIN, Role::Admin),
+            (TEACHER, Role::Teacher),
+            (STUDENT, Role::Student),
+            (OTHER_STUDENT, Role::Student),
+        ] {
+            auth.users()
+                .create(username, PASSWORD, role)
+                .await
+                .expect("create test user");
+        }
+
+        // Take the signing key while the database is closed, then start again on the same data.
+        auth.stop().await;
+        let forger = forge::Forger::from_auth_data_dir(&auth_dir).await;
+        let auth = RunningAuth::start(&auth_dir, auth_args).await;
+
+        let student =
+            RunningStudent::start(&dir.path().join("student"), &auth.url(), student_args).await;
+        Stack {
+            dir,
+            auth,
+            student,
+            forger,
+        }
+    }
+
+    /// Logs in as `username` with [`PASSWORD`] and returns the access token.
+    pub async fn token(&self, username: &str) -> String {
+        self.auth.login(username, PASSWORD).await
+    }
+
+    /// Restarts both services on the same data directories with the same flags as
+    /// [`Stack::start`].
+    pub async fn restart(self) -> Stack {
+        let Stack {
+            dir,
+            auth,
+            student,
+            forger,
+        } = self;
+        student.stop().await;
+        auth.stop().await;
+        let auth = RunningAuth::start(&dir.path().join("auth"), &[]).await;
+        let student = RunningStudent::start(&dir.path().join("student"), &auth.url(), &[]).await;
+        Stack {
+            dir,
+            auth,
+            student,
+            forger,
+        }
+    }
+}
+
+/// Runs `open` until it succeeds or fails for a reason other than a locked data directory.
+///
+/// A server stopped in this process releases its sled lock when the last of its tasks drops
+/// its database handle, which can be a moment after `serve` returns.
+pub async fn retry_while_locked<T, E, F, Fut>(mut open: F) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    loop {
+        match open().await {
+            Err(error)
+                if error.to_string().contains("lock") && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Wraps `message` in a request that carries `authorization: Bearer <token>`.
+pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let value = format!("Bearer {token}").parse().expect("ASCII token");
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+/// Polls the health service at `url` until `service` reports SERVING, failing the test after
+/// [`READY_TIMEOUT`].
+pub async fn wait_until_serving(url: &str, service: &str) {
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    let mut last = String::from("no answer yet");
+    while tokio::time::Instant::now() < deadline {
+        match health_status(url, service).await {
+            Ok(ServingStatus::Serving) => return,
+            Ok(status) => last = format!("{status:?}"),
+            Err(error) => last = error,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{service} at {url} did not become SERVING within {READY_TIMEOUT:?}: {last}");
+}
+
+/// Returns the health status that `service` at `url` reports.
+pub async fn health_status(url: &str, service: &str) -> Result<ServingStatus, String> {
+    let channel = Channel::from_shared(url.to_owned())
+        .map_err(|error| error.to_string())?
+        .connect()
+        .await
+        .map_err(|error| error.to_string())?;
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .map_err(|status| format!("{status:?}"))?;
+    Ok(response.into_inner().status())
+}
