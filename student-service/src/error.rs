@@ -27,7 +27,7 @@ pub enum Error {
     },
 
     /// The authorization policy could not be read or parsed.
-    #[error("invalid --policy (environment variable STUDENT_POLICY) {origin}: {source}")]
+    #[error("invalid --policy (environment variable STUDENT_POLICY) {origin}")]
     InvalidPolicy {
         /// The policy file, or "built-in policy".
         origin: String,

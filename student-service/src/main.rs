@@ -26,7 +26,8 @@ async fn main() -> ExitCode {
         Err(error) => {
             let rendered = error.render().to_string();
             let first_line = rendered.lines().next().unwrap_or("invalid arguments");
-            eprintln!("student-service: {first_line}");
+            let message = first_line.strip_prefix("error: ").unwrap_or(first_line);
+            eprintln!("student-service: {message}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };

@@ -4,7 +4,7 @@ use std::ops::Bound;
 use std::path::Path;
 
 use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::{Db, IVec, Transactional, Tree};
+use sled::{Db, Transactional, Tree};
 use uuid::Uuid;
 
 use super::{Page, SCHEMA_VERSION, StudentRecord, StudentStore};
@@ -29,6 +29,7 @@ pub struct SledStore {
 /// Reason for aborting a transaction when storage itself did not fail.
 enum Abort {
     AccountTaken { username: String, existing: Uuid },
+    CorruptLink { username: String },
     DuplicateId,
 }
 
@@ -111,10 +112,6 @@ fn decode(key: &[u8], value: &[u8]) -> Result<StudentRecord, Error> {
     Ok(record)
 }
 
-fn id_from_ivec(value: &IVec) -> Uuid {
-    Uuid::from_slice(value).unwrap_or_else(|_| Uuid::nil())
-}
-
 // TODO: sled's reads, scans and transactions are synchronous and run on the async worker
 // thread. They are short for a roster that fits in sled's cache; a larger data set should move
 // them to `spawn_blocking`.
@@ -130,10 +127,12 @@ impl StudentStore for SledStore {
             }
             if let Some(username) = account {
                 if let Some(existing) = accounts.get(username)? {
-                    return Err(ConflictableTransactionError::Abort(Abort::AccountTaken {
-                        username: username.to_owned(),
-                        existing: id_from_ivec(&existing),
-                    }));
+                    let username = username.to_owned();
+                    let abort = match Uuid::from_slice(&existing) {
+                        Ok(existing) => Abort::AccountTaken { username, existing },
+                        Err(_) => Abort::CorruptLink { username },
+                    };
+                    return Err(ConflictableTransactionError::Abort(abort));
                 }
                 accounts.insert(username, &key)?;
             }
@@ -145,6 +144,12 @@ impl StudentStore for SledStore {
             Ok(()) => {}
             Err(TransactionError::Abort(Abort::AccountTaken { username, existing })) => {
                 return Err(Error::AccountTaken { username, existing });
+            }
+            Err(TransactionError::Abort(Abort::CorruptLink { username })) => {
+                return Err(Error::CorruptRecord {
+                    key: format!("account link {username:?}"),
+                    reason: "the linked id is not 16 bytes".to_owned(),
+                });
             }
             Err(TransactionError::Abort(Abort::DuplicateId)) => {
                 return Err(Error::storage(
