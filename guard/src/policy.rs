@@ -27,7 +27,7 @@ use crate::identity::Access;
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     /// The policy file could not be read.
-    #[error("failed to read policy file {path}: {source}")]
+    #[error("failed to read policy file {path}")]
     Read {
         /// The file that could not be read.
         path: PathBuf,
