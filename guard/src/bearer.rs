@@ -5,7 +5,7 @@ use http::header::AUTHORIZATION;
 
 use crate::verify::MAX_TOKEN_LEN;
 
-/// Why the `authorization` metadata does not carry a usable bearer token.
+/// A reason the `authorization` metadata does not carry a usable bearer token.
 #[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
 pub enum CredentialError {
     /// No `authorization` entry was sent.
@@ -44,8 +44,8 @@ const SCHEME: &str = "bearer";
 /// Returns the bearer token of a request.
 ///
 /// Exactly one `authorization` entry must be present. The scheme name is matched without regard
-/// to case, as RFC 7235 requires; it is followed by one or more spaces and a token of RFC 6750
-/// `b64token` characters, with nothing after it.
+/// to case, as RFC 7235 requires. One or more spaces follow it, then a token of RFC 6750
+/// `b64token` characters with nothing after it.
 pub fn bearer_token(headers: &HeaderMap) -> Result<&str, CredentialError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let value = values.next().ok_or(CredentialError::Missing)?;

@@ -31,8 +31,8 @@ pub struct Claims {
 
 /// The `aud` claim: one audience or several.
 ///
-/// RFC 7519 allows both a single string and an array of strings; a single audience is written
-/// as a plain string, the form most JWT libraries expect.
+/// RFC 7519 allows both a single string and an array of strings. A single audience is written
+/// as a plain string, because that is the form most JWT libraries expect.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Audience(pub Vec<String>);
 

@@ -1,4 +1,5 @@
-//! What the guard layer hands to handlers through the request extensions.
+//! The caller identity and access level that the guard layer passes to handlers in the request
+//! extensions.
 
 use crate::claims::Claims;
 

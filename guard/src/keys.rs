@@ -61,8 +61,8 @@ pub enum KeyError {
 
 /// The keys a verifier currently trusts, by key id.
 ///
-/// Cloning is cheap and every clone sees the same keys. [`KeySet::replace`] swaps the whole set
-/// at once, so a reader never sees half of an update.
+/// Cloning is cheap and every clone reads the same keys. [`KeySet::replace`] swaps the whole set
+/// at once, so a reader never gets half of an update.
 #[derive(Clone, Default)]
 pub struct KeySet {
     keys: Arc<RwLock<Arc<KeyMap>>>,
@@ -111,12 +111,12 @@ impl KeySet {
         Ok(())
     }
 
-    /// Returns the key with id `key_id`, if the set holds one.
+    /// Returns the key with id `key_id`, if the set contains one.
     pub fn get(&self, key_id: &str) -> Option<Arc<DecodingKey>> {
         self.snapshot().get(key_id).cloned()
     }
 
-    /// Reports whether the set holds no key at all.
+    /// Reports whether the set contains no key at all.
     pub fn is_empty(&self) -> bool {
         self.snapshot().is_empty()
     }

@@ -110,7 +110,7 @@ impl MethodRule {
     }
 }
 
-/// What the policy says about a request path.
+/// The policy decision for a request path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rule<'a> {
     /// The method needs no token.

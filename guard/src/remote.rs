@@ -20,7 +20,7 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
 /// with random key ids cannot make this service hammer auth-service.
 pub const UNKNOWN_KEY_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Why fetching the keys failed. The old keys stay in use.
+/// A failed key fetch. The old keys stay in use.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     /// The call to auth-service failed.

@@ -216,7 +216,7 @@ impl RunningStudent {
 
 /// Both services, with one user per role.
 pub struct Stack {
-    /// The temporary directory that holds both data directories.
+    /// The temporary directory that contains both data directories.
     pub dir: tempfile::TempDir,
     /// The running auth-service.
     pub auth: RunningAuth,
