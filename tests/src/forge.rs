@@ -54,7 +54,16 @@ impl Forger {
 
     /// Signs `claims` under any `header`, whatever it claims about the algorithm.
     pub fn sign_with_header(&self, header: &Value, claims: &Value) -> String {
-        let signing_input = format!("{}.{}", encode(header), encode(claims));
+        self.sign_raw(&header.to_string(), &claims.to_string())
+    }
+
+    /// Signs a header and payload given as raw text, which need not be valid JSON objects.
+    pub fn sign_raw(&self, header: &str, payload: &str) -> String {
+        let signing_input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(payload)
+        );
         let signature = self.pair.sign(signing_input.as_bytes());
         format!(
             "{signing_input}.{}",

@@ -213,6 +213,108 @@ async fn bad_tokens_report_their_reason() {
 }
 
 #[tokio::test]
+async fn ambiguous_json_is_rejected() {
+    // Each token below is signed with auth-service's own key, so only the parsing rules stand
+    // between it and acceptance.
+    let stack = Stack::start().await;
+    let forger = &stack.forger;
+    let kid = forger.key_id.clone();
+    let header = format!(r#"{{"alg":"EdDSA","kid":"{kid}"}}"#);
+    let now = forge::now();
+    let base =
+        format!(r#""sub":"mallory","iss":"school-auth","aud":"school","iat":{now},"nbf":{now}"#);
+    let exp = now + 600;
+    let mut impostor = Forger::random();
+    impostor.key_id = kid.clone();
+
+    let cases: Vec<(&str, String, TokenInvalidReason)> = vec![
+        (
+            "duplicate role claim",
+            forger.sign_raw(
+                &header,
+                &format!(r#"{{{base},"exp":{exp},"role":"student","role":"admin"}}"#),
+            ),
+            TokenInvalidReason::Malformed,
+        ),
+        (
+            "duplicate alg header",
+            forger.sign_raw(
+                &format!(r#"{{"alg":"none","alg":"EdDSA","kid":"{kid}"}}"#),
+                &format!(r#"{{{base},"exp":{exp},"role":"admin"}}"#),
+            ),
+            TokenInvalidReason::Malformed,
+        ),
+        (
+            "exp beyond i64",
+            forger.sign_raw(
+                &header,
+                &format!(r#"{{{base},"exp":1e400,"role":"admin"}}"#),
+            ),
+            TokenInvalidReason::Malformed,
+        ),
+        (
+            "negative exp",
+            forger.sign_raw(&header, &format!(r#"{{{base},"exp":-1,"role":"admin"}}"#)),
+            TokenInvalidReason::Expired,
+        ),
+        (
+            "payload is an array",
+            forger.sign_raw(&header, "[1,2]"),
+            TokenInvalidReason::Malformed,
+        ),
+        (
+            "payload is a string",
+            forger.sign_raw(&header, r#""admin""#),
+            TokenInvalidReason::Malformed,
+        ),
+        (
+            "payload is not JSON",
+            forger.sign_raw(&header, "{role:admin}"),
+            TokenInvalidReason::Malformed,
+        ),
+        (
+            "header is an array",
+            forger.sign_raw(
+                r#"["EdDSA"]"#,
+                &format!(r#"{{{base},"exp":{exp},"role":"admin"}}"#),
+            ),
+            TokenInvalidReason::Malformed,
+        ),
+        (
+            "kid with path traversal",
+            forger.sign_with_header(
+                &json!({"alg": "EdDSA", "kid": "../../../etc/passwd"}),
+                &claims(ADMIN, "admin"),
+            ),
+            TokenInvalidReason::UnknownKey,
+        ),
+        (
+            "embedded jwk under an unknown kid",
+            Forger::random().sign_with_header(
+                &json!({"alg": "EdDSA", "kid": "attacker",
+                        "jwk": {"kty": "OKP", "crv": "Ed25519", "x": "AAAA"}}),
+                &claims(ADMIN, "admin"),
+            ),
+            TokenInvalidReason::UnknownKey,
+        ),
+        (
+            "jku header, signed by another key under our kid",
+            impostor.sign_with_header(
+                &json!({"alg": "EdDSA", "kid": kid, "jku": "http://127.0.0.1:1/keys"}),
+                &claims(ADMIN, "admin"),
+            ),
+            TokenInvalidReason::BadSignature,
+        ),
+    ];
+
+    for (name, token, expected) in cases {
+        let answer = validate(&stack, &token).await;
+        assert!(!answer.valid, "{name} must be invalid");
+        assert_eq!(answer.reason(), expected, "{name}");
+    }
+}
+
+#[tokio::test]
 async fn forged_token_with_real_key_is_valid() {
     // The forger holds auth-service's own key: this proves the bad-token cases above fail for
     // the reason they name and not because the forger signs differently.
