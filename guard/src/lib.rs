@@ -11,6 +11,7 @@
 //!   that identity may call the method. A handler is reached only when both succeed.
 
 pub mod bearer;
+pub mod cache;
 pub mod claims;
 pub mod identity;
 pub mod keys;

@@ -4,6 +4,9 @@
 //! the key lookup and the Ed25519 signature check, so a flood of malformed, expired or misaddressed
 //! tokens costs no signature verification. The signature check then runs through `jsonwebtoken`,
 //! which validates the claims a second time.
+//!
+//! A token that passes is remembered in a [`TokenCache`] until its `exp`, so a client that sends
+//! the same token on every call pays for one signature check, not one per call.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,6 +18,7 @@ use school_proto::auth::v1::TokenInvalidReason;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::cache::{DEFAULT_CAPACITY, TokenCache};
 use crate::claims::Claims;
 use crate::keys::{ALGORITHM, ALGORITHM_NAME, KeySet};
 
@@ -109,12 +113,15 @@ struct Header {
     crit: Option<Value>,
 }
 
-/// Verifies access tokens against a [`KeySet`].
+/// Verifies access tokens against a [`KeySet`], remembering the tokens that passed.
+///
+/// Clones share the key set and the cache.
 #[derive(Clone, Debug)]
 pub struct TokenVerifier {
     keys: KeySet,
     config: VerifierConfig,
     validation: Validation,
+    cache: TokenCache,
 }
 
 impl TokenVerifier {
@@ -131,7 +138,19 @@ impl TokenVerifier {
             keys,
             config,
             validation,
+            cache: TokenCache::new(DEFAULT_CAPACITY),
         }
+    }
+
+    /// Replaces the cache with one of at most `capacity` tokens; 0 turns caching off.
+    pub fn with_cache_capacity(mut self, capacity: u64) -> Self {
+        self.cache = TokenCache::new(capacity);
+        self
+    }
+
+    /// Returns the cache of verified tokens, for revocation through [`TokenCache::remove`].
+    pub fn cache(&self) -> &TokenCache {
+        &self.cache
     }
 
     /// Returns the key set the verifier reads.
@@ -144,14 +163,29 @@ impl TokenVerifier {
         &self.config
     }
 
-    /// Verifies `token` and returns its claims.
+    /// Verifies `token` and returns its claims, from the cache when the token passed before.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        self.verify_at(token, unix_now())
+        if let Some(claims) = self.cached(token) {
+            return Ok(claims);
+        }
+        let (claims, key_id) = self.verify_at(token, unix_now())?;
+        self.cache.insert(token, &key_id, &claims);
+        Ok(claims)
+    }
+
+    /// Returns the claims of `token` if it passed before, has not expired and its signing key
+    /// is still trusted. Checks nothing else, so a miss says nothing about the token.
+    pub fn cached(&self, token: &str) -> Option<Claims> {
+        let (claims, key_id) = self.cache.get(token)?;
+        // A key withdrawn from the set takes its tokens with it at the next call.
+        self.keys.get(&key_id)?;
+        Some(claims)
     }
 
     /// Verifies `token` as of `now`, in seconds since the Unix epoch, for everything checked
-    /// before the signature. `jsonwebtoken` checks `exp` and `nbf` again against the system clock.
-    fn verify_at(&self, token: &str, now: i64) -> Result<Claims, TokenError> {
+    /// before the signature, and returns its claims and key id. `jsonwebtoken` checks `exp` and
+    /// `nbf` again against the system clock.
+    fn verify_at(&self, token: &str, now: i64) -> Result<(Claims, String), TokenError> {
         let (header, payload) = split_token(token)?;
         let key_id = check_header(header)?;
         let claims = self.check_claims(payload, now)?;
@@ -164,7 +198,7 @@ impl TokenVerifier {
         if verified.claims != claims {
             return Err(TokenError::Malformed);
         }
-        Ok(verified.claims)
+        Ok((verified.claims, key_id))
     }
 
     fn check_claims(&self, payload: &str, now: i64) -> Result<Claims, TokenError> {
@@ -545,6 +579,58 @@ mod tests {
             verifier.verify(&sign(&stranger, &claims(now))),
             Err(TokenError::UnknownKey)
         );
+    }
+
+    #[test]
+    fn verified_token_is_cached_until_its_key_is_withdrawn() {
+        let signer = signer();
+        let verifier = verifier(&signer);
+        let now = unix_now();
+        let token = sign(&signer, &claims(now));
+        assert_eq!(verifier.cached(&token), None);
+
+        assert_eq!(verifier.verify(&token), Ok(claims(now)));
+        assert_eq!(verifier.cached(&token), Some(claims(now)));
+
+        verifier.keys().replace(Vec::new()).expect("empty set");
+        assert_eq!(verifier.cached(&token), None);
+        assert_eq!(verifier.verify(&token), Err(TokenError::UnknownKey));
+    }
+
+    #[test]
+    fn removed_token_is_verified_again() {
+        let signer = signer();
+        let verifier = verifier(&signer);
+        let token = sign(&signer, &claims(unix_now()));
+        assert!(verifier.verify(&token).is_ok());
+
+        verifier.cache().remove(&token);
+        assert_eq!(verifier.cached(&token), None);
+    }
+
+    #[test]
+    fn rejected_tokens_are_not_cached() {
+        let signer = signer();
+        let verifier = verifier(&signer);
+        let genuine = sign(&signer, &claims(unix_now()));
+        let parts: Vec<&str> = genuine.split('.').collect();
+        let bad_signature = format!("{}.{}.{}", parts[0], parts[1], "A".repeat(86));
+
+        assert_eq!(
+            verifier.verify(&bad_signature),
+            Err(TokenError::BadSignature)
+        );
+        assert_eq!(verifier.cached(&bad_signature), None);
+        assert!(verifier.cache().is_empty());
+    }
+
+    #[test]
+    fn zero_capacity_turns_caching_off() {
+        let signer = signer();
+        let verifier = verifier(&signer).with_cache_capacity(0);
+        let token = sign(&signer, &claims(unix_now()));
+        assert!(verifier.verify(&token).is_ok());
+        assert_eq!(verifier.cached(&token), None);
     }
 
     #[test]
