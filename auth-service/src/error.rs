@@ -98,6 +98,10 @@ pub enum Error {
     #[error("password hashing failed")]
     PasswordHash(#[source] argon2::password_hash::Error),
 
+    /// Too many password operations are already waiting; the client should retry later.
+    #[error("too many logins in progress; retry later")]
+    Overloaded,
+
     /// A cryptographic operation failed: random generation, or creating, parsing or using a
     /// signing key. The text names the operation.
     #[error("cryptographic operation failed: {0}")]
@@ -184,6 +188,7 @@ impl From<Error> for Status {
             Error::InvalidCredentials => Status::unauthenticated(INVALID_CREDENTIALS_MESSAGE),
             Error::UserExists(_) => Status::already_exists(error.to_string()),
             Error::UserNotFound(_) => Status::not_found(error.to_string()),
+            Error::Overloaded => Status::resource_exhausted(error.to_string()),
             Error::InvalidConfig { .. }
             | Error::DataDirLocked { .. }
             | Error::OpenDataDir { .. }
@@ -228,6 +233,13 @@ mod tests {
 
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
         assert_eq!(status.message(), "invalid username or password");
+    }
+
+    #[test]
+    fn overload_is_resource_exhausted() {
+        let status = Status::from(Error::Overloaded);
+
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
     }
 
     #[test]

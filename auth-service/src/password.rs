@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -15,6 +16,11 @@ pub const MAX_PASSWORD_BYTES: usize = 1024;
 
 /// Salt length in bytes; 16 is the length RFC 9106 recommends.
 const SALT_BYTES: usize = 16;
+
+/// How many operations may wait for a permit, per permit, unless
+/// [`PasswordHasher::with_queue_limit`] sets another limit. At about 13 ms a hash (OWASP minimum
+/// parameters on one core of a 2-core cloud VM), four waiters per permit wait at most about 65 ms.
+pub const DEFAULT_QUEUE_PER_PERMIT: usize = 4;
 
 /// A password in memory: zeroized on drop, printed as `[redacted]`.
 #[derive(Clone)]
@@ -88,11 +94,16 @@ impl HashParams {
 /// Hashes and verifies passwords with Argon2id.
 ///
 /// Each operation runs in `spawn_blocking` while it owns a semaphore permit. At most
-/// `concurrency` hashes use memory at the same time, and later requests wait for a permit.
+/// `concurrency` hashes use memory at the same time. Later requests wait for a permit, up to the
+/// queue limit; beyond it they fail at once with [`Error::Overloaded`], so a login flood costs
+/// bounded memory and its excess is answered without delay.
 #[derive(Clone)]
 pub struct PasswordHasher {
     params: Params,
     permits: Arc<Semaphore>,
+    /// The operations waiting for a permit now.
+    waiting: Arc<AtomicUsize>,
+    queue_limit: usize,
     /// A hash of a random password, verified when the user does not exist so that an unknown
     /// username costs as much time as a wrong password.
     dummy_hash: Arc<str>,
@@ -103,6 +114,8 @@ impl fmt::Debug for PasswordHasher {
         f.debug_struct("PasswordHasher")
             .field("params", &self.params)
             .field("available_permits", &self.permits.available_permits())
+            .field("waiting", &self.waiting.load(Ordering::Relaxed))
+            .field("queue_limit", &self.queue_limit)
             .finish_non_exhaustive()
     }
 }
@@ -110,14 +123,18 @@ impl fmt::Debug for PasswordHasher {
 impl PasswordHasher {
     /// Creates a hasher and computes its dummy hash once, off the runtime.
     ///
-    /// `concurrency` is the number of hashes that may run at once; 0 is treated as 1.
+    /// `concurrency` is the number of hashes that may run at once; 0 is treated as 1. Up to
+    /// [`DEFAULT_QUEUE_PER_PERMIT`] operations per permit may wait for one.
     pub async fn new(params: HashParams, concurrency: usize) -> Result<Self, Error> {
         let params = params
             .to_argon2()
             .map_err(|error| Error::PasswordHash(argon2::password_hash::Error::from(error)))?;
+        let concurrency = concurrency.max(1);
         let mut hasher = Self {
             params,
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            permits: Arc::new(Semaphore::new(concurrency)),
+            waiting: Arc::new(AtomicUsize::new(0)),
+            queue_limit: concurrency.saturating_mul(DEFAULT_QUEUE_PER_PERMIT),
             dummy_hash: Arc::from(""),
         };
 
@@ -128,6 +145,13 @@ impl PasswordHasher {
         hasher.dummy_hash = Arc::from(hasher.hash(dummy_password).await?);
 
         Ok(hasher)
+    }
+
+    /// Sets how many operations may wait for a permit before new ones fail with
+    /// [`Error::Overloaded`]; 0 rejects every operation that finds no permit free.
+    pub fn with_queue_limit(mut self, limit: usize) -> Self {
+        self.queue_limit = limit;
+        self
     }
 
     /// Hashes a password with a fresh random salt and returns the PHC string.
@@ -185,11 +209,19 @@ impl PasswordHasher {
         T: Send + 'static,
         F: FnOnce() -> Result<T, Error> + Send + 'static,
     {
-        // Acquiring fails only on a closed semaphore, and nothing closes this one.
-        let permit = Arc::clone(&self.permits)
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::Crypto("password hashing queue closed"))?;
+        let permit = match Arc::clone(&self.permits).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let place = WaitingPlace::take(&self.waiting, self.queue_limit)?;
+                // Acquiring fails only on a closed semaphore, and nothing closes this one.
+                let permit = Arc::clone(&self.permits)
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| Error::Crypto("password hashing queue closed"))?;
+                drop(place);
+                permit
+            }
+        };
 
         tokio::task::spawn_blocking(move || {
             let result = work();
@@ -198,6 +230,28 @@ impl PasswordHasher {
         })
         .await
         .map_err(Error::Task)?
+    }
+}
+
+/// A place in the queue of operations waiting for a permit, given back on drop, also when the
+/// waiting request is cancelled.
+struct WaitingPlace<'a>(&'a AtomicUsize);
+
+impl<'a> WaitingPlace<'a> {
+    /// Takes a place if fewer than `limit` operations wait, or fails with [`Error::Overloaded`].
+    fn take(waiting: &'a AtomicUsize, limit: usize) -> Result<Self, Error> {
+        waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |count| {
+                (count < limit).then_some(count + 1)
+            })
+            .map_err(|_| Error::Overloaded)?;
+        Ok(WaitingPlace(waiting))
+    }
+}
+
+impl Drop for WaitingPlace<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -295,6 +349,56 @@ mod tests {
         };
 
         assert!(PasswordHasher::new(params, 1).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn full_queue_fails_fast_with_overloaded() -> Result<(), Error> {
+        let hasher = PasswordHasher::new(test_params(), 1).await?.with_queue_limit(1);
+        let hash = hasher.hash(Password::new("pw".into())).await?;
+
+        // Hold the only permit, so the next operation waits and the one after finds no place.
+        let held = Arc::clone(&hasher.permits)
+            .try_acquire_owned()
+            .map_err(|_| Error::Crypto("permit"))?;
+        let waiter = tokio::spawn({
+            let hasher = hasher.clone();
+            let hash = hash.clone();
+            async move { hasher.verify(Password::new("pw".into()), Some(&hash)).await }
+        });
+        while hasher.waiting.load(Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
+
+        let rejected = hasher.verify(Password::new("pw".into()), Some(&hash)).await;
+        assert!(matches!(rejected, Err(Error::Overloaded)), "{rejected:?}");
+
+        drop(held);
+        let waited = waiter.await.map_err(Error::Task)?;
+        assert!(waited?, "the queued operation runs once a permit is free");
+        assert_eq!(hasher.waiting.load(Ordering::Acquire), 0);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn cancelled_waiter_gives_its_place_back() -> Result<(), Error> {
+        let hasher = PasswordHasher::new(test_params(), 1).await?.with_queue_limit(1);
+        let held = Arc::clone(&hasher.permits)
+            .try_acquire_owned()
+            .map_err(|_| Error::Crypto("permit"))?;
+
+        let waiter = tokio::spawn({
+            let hasher = hasher.clone();
+            async move { hasher.hash(Password::new("pw".into())).await }
+        });
+        while hasher.waiting.load(Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
+        waiter.abort();
+        let _ = waiter.await;
+
+        assert_eq!(hasher.waiting.load(Ordering::Acquire), 0);
+        drop(held);
+        Ok(())
     }
 
     #[test]
