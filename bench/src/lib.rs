@@ -44,7 +44,9 @@ pub enum BenchError {
     #[error("missing {0}")]
     Missing(&'static str),
     /// `--only` names a scenario that does not exist.
-    #[error("unknown scenario {0:?}; expected one of reused, cold, hostile, badsig, validate, login, denial")]
+    #[error(
+        "unknown scenario {0:?}; expected one of reused, cold, hostile, badsig, validate, login, denial"
+    )]
     UnknownScenario(String),
 }
 

@@ -172,7 +172,10 @@ async fn drive_server(
     );
     let bench = Bench::connect(settings, setup, child.id()).await?;
     let names: Vec<String> = if cli.only.is_empty() {
-        Bench::scenario_names().iter().map(|name| (*name).to_owned()).collect()
+        Bench::scenario_names()
+            .iter()
+            .map(|name| (*name).to_owned())
+            .collect()
     } else {
         cli.only.clone()
     };

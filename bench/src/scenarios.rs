@@ -201,7 +201,10 @@ impl Bench {
                 let flood = self.get_student(true, Arc::clone(&bad), Pick::PerCall);
                 let (legit_stats, flood_stats) = tokio::join!(legit(), flood);
                 if let Ok(mut rates) = flood_rates.lock() {
-                    rates.push((flood_stats.calls_per_sec, flood_stats.unexpected(Code::Unauthenticated)));
+                    rates.push((
+                        flood_stats.calls_per_sec,
+                        flood_stats.unexpected(Code::Unauthenticated),
+                    ));
                 }
                 legit_stats
             })
@@ -312,10 +315,9 @@ impl Bench {
     }
 
     async fn denial(&self) -> Row {
-        let teacher = Arc::new(bearer_values(std::slice::from_ref(
-            &self.setup.teacher_token,
-        ))
-        .unwrap_or_default());
+        let teacher = Arc::new(
+            bearer_values(std::slice::from_ref(&self.setup.teacher_token)).unwrap_or_default(),
+        );
         let (allow, deny) = self
             .alternate(
                 || self.get_student(true, Arc::clone(&self.admin), Pick::PerWorker),
@@ -327,13 +329,16 @@ impl Bench {
                         self.settings.concurrency,
                         self.settings.run,
                         move |worker, _| {
-                            let mut client =
-                                StudentServiceClient::new(channels[worker % channels.len()].clone());
+                            let mut client = StudentServiceClient::new(
+                                channels[worker % channels.len()].clone(),
+                            );
                             let mut request = tonic::Request::new(DeleteStudentRequest {
                                 id: setup.guarded_student_id.clone(),
                             });
                             if let Some(token) = teacher.first() {
-                                request.metadata_mut().insert("authorization", token.clone());
+                                request
+                                    .metadata_mut()
+                                    .insert("authorization", token.clone());
                             }
                             async move { code_of(client.delete_student(request).await) }
                         },
@@ -401,26 +406,34 @@ impl Bench {
 
     fn echo_calls(&self) -> impl Future<Output = RunStats> + use<> {
         let channels = Arc::clone(&self.echo);
-        closed_loop(self.settings.concurrency, self.settings.run, move |worker, _| {
-            let mut client = HealthClient::new(channels[worker % channels.len()].clone());
-            async move {
-                let request = HealthCheckRequest {
-                    service: String::new(),
-                };
-                code_of(client.check(request).await)
-            }
-        })
+        closed_loop(
+            self.settings.concurrency,
+            self.settings.run,
+            move |worker, _| {
+                let mut client = HealthClient::new(channels[worker % channels.len()].clone());
+                async move {
+                    let request = HealthCheckRequest {
+                        service: String::new(),
+                    };
+                    code_of(client.check(request).await)
+                }
+            },
+        )
     }
 
     fn validate_calls(&self) -> impl Future<Output = RunStats> + use<> {
         let channels = Arc::clone(&self.auth);
         let setup = Arc::clone(&self.setup);
-        closed_loop(self.settings.concurrency, self.settings.run, move |worker, _| {
-            let mut client = AuthServiceClient::new(channels[worker % channels.len()].clone());
-            let tokens = &setup.admin_tokens;
-            let token = tokens[worker % tokens.len()].clone();
-            async move { code_of(client.validate_token(ValidateTokenRequest { token }).await) }
-        })
+        closed_loop(
+            self.settings.concurrency,
+            self.settings.run,
+            move |worker, _| {
+                let mut client = AuthServiceClient::new(channels[worker % channels.len()].clone());
+                let tokens = &setup.admin_tokens;
+                let token = tokens[worker % tokens.len()].clone();
+                async move { code_of(client.validate_token(ValidateTokenRequest { token }).await) }
+            },
+        )
     }
 
     /// Measures how many logins a second auth-service completes when kept just busy.
@@ -494,7 +507,9 @@ fn get_student_call(
         };
         let mut request = tonic::Request::new(GetStudentRequest { id });
         if let Some(token) = tokens.get(index % tokens.len().max(1)) {
-            request.metadata_mut().insert("authorization", token.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
         }
         Box::pin(async move { code_of(client.get_student(request).await) })
     }

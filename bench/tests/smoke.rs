@@ -13,7 +13,10 @@ fn every_scenario_runs_briefly() {
         .expect("run school-bench");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "school-bench failed: {stderr}\n{stdout}");
+    assert!(
+        output.status.success(),
+        "school-bench failed: {stderr}\n{stdout}"
+    );
 
     for title in [
         "reused tokens",
