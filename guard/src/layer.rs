@@ -13,6 +13,7 @@ use tower::{Layer, Service};
 use crate::bearer::bearer_token;
 use crate::identity::{Access, Identity};
 use crate::policy::{Policy, Rule};
+use crate::rejection;
 use crate::remote::KeyFetcher;
 use crate::verify::{TokenError, TokenVerifier};
 
@@ -79,7 +80,7 @@ impl Guard {
                 reason = error.as_str(),
                 "request rejected: not authenticated"
             );
-            Status::unauthenticated(error.to_string())
+            rejection::credential_rejected(error)
         })?;
 
         let identity = Identity::from(self.verify(token).await.map_err(|error| {
@@ -88,7 +89,7 @@ impl Guard {
                 reason = error.as_str(),
                 "request rejected: not authenticated"
             );
-            Status::unauthenticated(error.to_string())
+            rejection::token_rejected(error)
         })?);
 
         let access = match rule {
@@ -108,9 +109,8 @@ impl Guard {
                 reason,
                 "request denied"
             );
-            return Err(Status::permission_denied(denial_message(
-                path, &identity, rule,
-            )));
+            let message = denial_message(path, &identity, rule);
+            return Err(rejection::access_denied(path, &identity, rule, message));
         };
 
         tracing::debug!(

@@ -17,6 +17,7 @@ pub mod identity;
 pub mod keys;
 pub mod layer;
 pub mod policy;
+pub mod rejection;
 pub mod remote;
 pub mod verify;
 
