@@ -1,14 +1,31 @@
 //! The service's error type and its single conversion to a gRPC status.
 
+use std::collections::HashMap;
 use std::error::Error as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use tonic::Status;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
 
 /// The message every failed login returns, whatever the cause, so that a client cannot tell
 /// which usernames exist.
 pub const INVALID_CREDENTIALS_MESSAGE: &str = "invalid username or password";
+
+/// The `ErrorInfo.domain` of the errors this service returns.
+pub const DOMAIN: &str = "auth-service";
+
+/// `ErrorInfo.reason` of an `INVALID_ARGUMENT` error; metadata `field` names the field.
+pub const INVALID_ARGUMENT: &str = "INVALID_ARGUMENT";
+/// `ErrorInfo.reason` of every failed login.
+pub const INVALID_CREDENTIALS: &str = "INVALID_CREDENTIALS";
+/// `ErrorInfo.reason` when a user to be created already exists.
+pub const USER_EXISTS: &str = "USER_EXISTS";
+/// `ErrorInfo.reason` when the named user does not exist.
+pub const USER_NOT_FOUND: &str = "USER_NOT_FOUND";
+
+/// `ResourceInfo.resource_type` of a user account.
+const USER_RESOURCE: &str = "user";
 
 /// Exit code for a configuration or usage error (`EX_USAGE` from BSD `sysexits.h`).
 pub const EXIT_USAGE: u8 = 64;
@@ -180,14 +197,32 @@ impl Error {
 }
 
 impl From<Error> for Status {
-    /// Maps each error to its gRPC code. Internal failures become `INTERNAL` with a generic
-    /// message, and their cause is logged here, once.
+    /// Maps each error to its gRPC code. Client errors carry a `google.rpc.ErrorInfo` in the
+    /// [`DOMAIN`] domain, and an invalid field also a `google.rpc.BadRequest` that names it.
+    /// Internal failures become `INTERNAL` with a generic message and no details, and their
+    /// cause is logged here, once.
     fn from(error: Error) -> Self {
         match error {
-            Error::InvalidArgument { .. } => Status::invalid_argument(error.to_string()),
-            Error::InvalidCredentials => Status::unauthenticated(INVALID_CREDENTIALS_MESSAGE),
-            Error::UserExists(_) => Status::already_exists(error.to_string()),
-            Error::UserNotFound(_) => Status::not_found(error.to_string()),
+            Error::InvalidArgument { field, reason } => {
+                let mut details = ErrorDetails::with_bad_request_violation(field, reason);
+                details.set_error_info(INVALID_ARGUMENT, DOMAIN, field_metadata(field));
+                Status::with_error_details(Code::InvalidArgument, error.to_string(), details)
+            }
+            Error::InvalidCredentials => Status::with_error_details(
+                Code::Unauthenticated,
+                INVALID_CREDENTIALS_MESSAGE,
+                ErrorDetails::with_error_info(INVALID_CREDENTIALS, DOMAIN, HashMap::new()),
+            ),
+            Error::UserExists(ref username) => {
+                let mut details = ErrorDetails::with_resource_info(USER_RESOURCE, username, "", "");
+                details.set_error_info(USER_EXISTS, DOMAIN, HashMap::new());
+                Status::with_error_details(Code::AlreadyExists, error.to_string(), details)
+            }
+            Error::UserNotFound(ref username) => {
+                let mut details = ErrorDetails::with_resource_info(USER_RESOURCE, username, "", "");
+                details.set_error_info(USER_NOT_FOUND, DOMAIN, HashMap::new());
+                Status::with_error_details(Code::NotFound, error.to_string(), details)
+            }
             Error::Overloaded => Status::resource_exhausted(error.to_string()),
             Error::InvalidConfig { .. }
             | Error::DataDirLocked { .. }
@@ -208,6 +243,10 @@ impl From<Error> for Status {
             }
         }
     }
+}
+
+fn field_metadata(field: &str) -> HashMap<String, String> {
+    HashMap::from([("field".to_owned(), field.to_owned())])
 }
 
 #[cfg(test)]
@@ -233,6 +272,59 @@ mod tests {
 
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
         assert_eq!(status.message(), "invalid username or password");
+    }
+
+    #[test]
+    fn client_errors_carry_error_info() {
+        let cases = [
+            (Error::InvalidCredentials, INVALID_CREDENTIALS),
+            (
+                Error::InvalidArgument {
+                    field: "username",
+                    reason: "must be 1 to 64 bytes",
+                },
+                INVALID_ARGUMENT,
+            ),
+            (Error::UserExists("ann".to_owned()), USER_EXISTS),
+            (Error::UserNotFound("ann".to_owned()), USER_NOT_FOUND),
+        ];
+        for (error, reason) in cases {
+            let status = Status::from(error);
+
+            let details = status.get_error_details();
+            let info = details.error_info().expect("ErrorInfo");
+            assert_eq!(info.reason, reason);
+            assert_eq!(info.domain, DOMAIN);
+        }
+    }
+
+    #[test]
+    fn invalid_argument_names_the_field() {
+        let status = Status::from(Error::InvalidArgument {
+            field: "password",
+            reason: "must be 1 to 1024 bytes",
+        });
+
+        let details = status.get_error_details();
+        let violations = details
+            .bad_request()
+            .map(|bad_request| bad_request.field_violations.clone())
+            .unwrap_or_default();
+        assert_eq!(violations.len(), 1);
+        assert_eq!(violations[0].field, "password");
+        assert_eq!(violations[0].description, "must be 1 to 1024 bytes");
+        let info = details.error_info().expect("ErrorInfo");
+        assert_eq!(
+            info.metadata.get("field").map(String::as_str),
+            Some("password")
+        );
+    }
+
+    #[test]
+    fn internal_errors_carry_no_details() {
+        let status = Status::from(Error::Crypto("generate signing key"));
+
+        assert!(status.details().is_empty());
     }
 
     #[test]

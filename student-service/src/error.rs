@@ -1,13 +1,33 @@
 //! The service's error type and its one conversion to a gRPC status.
 
+use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use school_guard::policy::PolicyError;
-use tonic::Status;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
 use uuid::Uuid;
+
+/// The `ErrorInfo.domain` of the errors this service's handlers return. The guard layer's
+/// rejections have their own domain, `school_guard::rejection::DOMAIN`.
+pub const DOMAIN: &str = "student-service";
+
+/// `ErrorInfo.reason` of an `INVALID_ARGUMENT` error; metadata `field` names the field.
+pub const INVALID_ARGUMENT: &str = "INVALID_ARGUMENT";
+/// `ErrorInfo.reason` when no student has the requested id; metadata `id` is that id.
+pub const STUDENT_NOT_FOUND: &str = "STUDENT_NOT_FOUND";
+/// `ErrorInfo.reason` when another record is linked to the account; metadata
+/// `account_username` and `id`, the id of that record.
+pub const ACCOUNT_ALREADY_LINKED: &str = "ACCOUNT_ALREADY_LINKED";
+/// `ErrorInfo.reason` when a caller with owner-only access requests a record that is not
+/// theirs, or the policy grants owner-only access to a method without an owner check.
+pub const NOT_OWNER: &str = "NOT_OWNER";
+
+/// `ResourceInfo.resource_type` of a student record.
+const STUDENT_RESOURCE: &str = "school.student.v1.Student";
 
 /// Boxed cause of a storage failure, so that any backend can report its own error type.
 pub type StorageCause = Box<dyn StdError + Send + Sync + 'static>;
@@ -167,14 +187,42 @@ impl fmt::Display for ErrorChain<'_> {
 }
 
 impl From<Error> for Status {
-    /// Maps each error to the status that the client receives. Internal failures reach the
-    /// client only as "internal error", and their cause chain is logged here.
+    /// Maps each error to the status that the client receives. Client errors carry a
+    /// `google.rpc.ErrorInfo` in the [`DOMAIN`] domain, and an invalid field also a
+    /// `google.rpc.BadRequest` that names it. Internal failures reach the client only as
+    /// "internal error" with no details, and their cause chain is logged here.
     fn from(error: Error) -> Status {
         match error {
-            Error::InvalidArgument { .. } => Status::invalid_argument(error.to_string()),
-            Error::NotFound { .. } => Status::not_found(error.to_string()),
-            Error::AccountTaken { .. } => Status::already_exists(error.to_string()),
-            Error::PermissionDenied => Status::permission_denied("permission denied"),
+            Error::InvalidArgument { field, ref reason } => {
+                let mut details = ErrorDetails::with_bad_request_violation(field, reason.clone());
+                details.set_error_info(INVALID_ARGUMENT, DOMAIN, metadata([("field", field)]));
+                Status::with_error_details(Code::InvalidArgument, error.to_string(), details)
+            }
+            Error::NotFound { id } => {
+                let id = id.to_string();
+                let mut details = ErrorDetails::with_resource_info(STUDENT_RESOURCE, &id, "", "");
+                details.set_error_info(STUDENT_NOT_FOUND, DOMAIN, metadata([("id", &id)]));
+                Status::with_error_details(Code::NotFound, error.to_string(), details)
+            }
+            Error::AccountTaken {
+                ref username,
+                existing,
+            } => {
+                let existing = existing.to_string();
+                let mut details =
+                    ErrorDetails::with_resource_info(STUDENT_RESOURCE, &existing, "", "");
+                details.set_error_info(
+                    ACCOUNT_ALREADY_LINKED,
+                    DOMAIN,
+                    metadata([("account_username", username.as_str()), ("id", &existing)]),
+                );
+                Status::with_error_details(Code::AlreadyExists, error.to_string(), details)
+            }
+            Error::PermissionDenied => Status::with_error_details(
+                Code::PermissionDenied,
+                "permission denied",
+                ErrorDetails::with_error_info(NOT_OWNER, DOMAIN, HashMap::new()),
+            ),
             Error::InvalidConfig { .. }
             | Error::InvalidPolicy { .. }
             | Error::DataDirLocked { .. }
@@ -190,6 +238,13 @@ impl From<Error> for Status {
             }
         }
     }
+}
+
+fn metadata<const N: usize>(entries: [(&str, &str); N]) -> HashMap<String, String> {
+    entries
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -228,6 +283,73 @@ mod tests {
 
         assert_eq!(status.code(), Code::InvalidArgument);
         assert!(status.message().contains("email"), "{}", status.message());
+    }
+
+    #[test]
+    fn invalid_argument_is_a_field_violation() {
+        let error = Error::InvalidArgument {
+            field: "email",
+            reason: "must contain exactly one '@'".to_owned(),
+        };
+
+        let status = Status::from(error);
+
+        let details = status.get_error_details();
+        let violations = details
+            .bad_request()
+            .map(|bad_request| bad_request.field_violations.clone())
+            .unwrap_or_default();
+        assert_eq!(violations.len(), 1);
+        assert_eq!(violations[0].field, "email");
+        assert_eq!(violations[0].description, "must contain exactly one '@'");
+        let info = details.error_info().expect("ErrorInfo");
+        assert_eq!(info.reason, INVALID_ARGUMENT);
+        assert_eq!(info.domain, DOMAIN);
+    }
+
+    #[test]
+    fn client_errors_carry_error_info() {
+        let id = Uuid::new_v4();
+        let cases = [
+            (Error::NotFound { id }, Code::NotFound, STUDENT_NOT_FOUND),
+            (
+                Error::AccountTaken {
+                    username: "ada".to_owned(),
+                    existing: id,
+                },
+                Code::AlreadyExists,
+                ACCOUNT_ALREADY_LINKED,
+            ),
+            (Error::PermissionDenied, Code::PermissionDenied, NOT_OWNER),
+        ];
+        for (error, code, reason) in cases {
+            let status = Status::from(error);
+
+            let details = status.get_error_details();
+            let info = details.error_info().expect("ErrorInfo");
+            assert_eq!(status.code(), code);
+            assert_eq!(info.reason, reason);
+            assert_eq!(info.domain, DOMAIN);
+        }
+    }
+
+    #[test]
+    fn not_found_names_the_record() {
+        let id = Uuid::new_v4();
+
+        let status = Status::from(Error::NotFound { id });
+
+        let details = status.get_error_details();
+        let resource = details.resource_info().expect("ResourceInfo");
+        assert_eq!(resource.resource_type, "school.student.v1.Student");
+        assert_eq!(resource.resource_name, id.to_string());
+    }
+
+    #[test]
+    fn internal_errors_carry_no_details() {
+        let status = Status::from(Error::MissingIdentity);
+
+        assert!(status.details().is_empty());
     }
 
     #[test]
