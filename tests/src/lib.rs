@@ -235,17 +235,28 @@ impl Stack {
 
     /// Starts both services with extra flags for each.
     pub async fn start_with(auth_args: &[&str], student_args: &[&str]) -> Stack {
+        let accounts = [
+            (ADMIN, PASSWORD, Role::Admin),
+            (TEACHER, PASSWORD, Role::Teacher),
+            (STUDENT, PASSWORD, Role::Student),
+            (OTHER_STUDENT, PASSWORD, Role::Student),
+        ];
+        Self::start_with_accounts(auth_args, student_args, &accounts).await
+    }
+
+    /// Starts both services with extra flags for each and only the given accounts, each a
+    /// username, password and role.
+    pub async fn start_with_accounts(
+        auth_args: &[&str],
+        student_args: &[&str],
+        accounts: &[(&str, &str, Role)],
+    ) -> Stack {
         let dir = tempfile::tempdir().expect("temporary directory");
         let auth_dir = dir.path().join("auth");
         let auth = RunningAuth::start(&auth_dir, auth_args).await;
-        for (username, role) in [
-            (ADMIN, Role::Admin),
-            (TEACHER, Role::Teacher),
-            (STUDENT, Role::Student),
-            (OTHER_STUDENT, Role::Student),
-        ] {
+        for &(username, password, role) in accounts {
             auth.users()
-                .create(username, PASSWORD, role)
+                .create(username, password, role)
                 .await
                 .expect("create test user");
         }
