@@ -169,6 +169,11 @@ impl MethodRule {
     pub fn roles(&self) -> impl Iterator<Item = &str> {
         self.full_roles.iter().map(String::as_str)
     }
+
+    /// Returns the roles with access to the caller's own records only, sorted.
+    pub fn owner_roles(&self) -> impl Iterator<Item = &str> {
+        self.owner_roles.iter().map(String::as_str)
+    }
 }
 
 /// The policy decision for a request path.

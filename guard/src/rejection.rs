@@ -84,10 +84,13 @@ pub fn access_denied(path: &str, identity: &Identity, rule: Rule<'_>, message: S
         Rule::Protected(method_rule) => {
             metadata.insert("role".to_owned(), identity.role.clone());
             metadata.insert("permission".to_owned(), method_rule.permission().to_owned());
-            // TODO: roles with owner-only access are left out because `MethodRule` exposes only
-            // the roles that grant full access.
             let allowed: Vec<&str> = method_rule.roles().collect();
             metadata.insert("allowed_roles".to_owned(), allowed.join(","));
+            if let Some(owner_permission) = method_rule.owner_permission() {
+                let owner_roles: Vec<&str> = method_rule.owner_roles().collect();
+                metadata.insert("owner_permission".to_owned(), owner_permission.to_owned());
+                metadata.insert("owner_roles".to_owned(), owner_roles.join(","));
+            }
             with_error_info(Code::PermissionDenied, message, PERMISSION_DENIED, metadata)
         }
         Rule::Public | Rule::Unknown => {
