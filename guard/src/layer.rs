@@ -124,14 +124,10 @@ impl Guard {
     }
 
     async fn verify(&self, token: &str) -> Result<crate::claims::Claims, TokenError> {
-        // TODO: an uncached token runs its Ed25519 check here, on the async worker, so a flood
-        // of well-formed tokens with bad signatures queues cached callers behind about 30 µs
-        // each (BENCHMARKS.md). Bounding uncached checks per connection, or moving them off the
-        // worker, would fix it.
-        match self.verifier.verify(token) {
+        match self.verifier.verify_async(token).await {
             Err(TokenError::UnknownKey) => match &self.fetcher {
                 Some(fetcher) if fetcher.refresh_for_unknown_key().await => {
-                    self.verifier.verify(token)
+                    self.verifier.verify_async(token).await
                 }
                 _ => Err(TokenError::UnknownKey),
             },

@@ -8,6 +8,7 @@
 //! A token that passes is remembered in a [`TokenCache`] until its `exp`, so a client that sends
 //! the same token on every call pays for one signature check, not one per call.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -17,6 +18,7 @@ use jsonwebtoken::{Validation, decode};
 use school_proto::auth::v1::TokenInvalidReason;
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use tokio::sync::Semaphore;
 
 use crate::cache::{DEFAULT_CAPACITY, TokenCache};
 use crate::claims::Claims;
@@ -122,6 +124,8 @@ pub struct TokenVerifier {
     config: VerifierConfig,
     validation: Validation,
     cache: TokenCache,
+    /// Limits the signature checks that [`TokenVerifier::verify_async`] runs at once.
+    signature_slots: Arc<Semaphore>,
 }
 
 impl TokenVerifier {
@@ -139,6 +143,7 @@ impl TokenVerifier {
             config,
             validation,
             cache: TokenCache::new(DEFAULT_CAPACITY),
+            signature_slots: Arc::new(Semaphore::new(signature_slots())),
         }
     }
 
@@ -169,6 +174,43 @@ impl TokenVerifier {
             return Ok(claims);
         }
         let (claims, key_id) = self.verify_at(token, unix_now())?;
+        self.cache.insert(token, &key_id, &claims);
+        Ok(claims)
+    }
+
+    /// Verifies `token` like [`TokenVerifier::verify`], but runs the signature check on tokio's
+    /// blocking thread pool, at most one check per two available cores at a time.
+    ///
+    /// Cached tokens and tokens rejected before the signature check never leave the calling
+    /// task. A flood of well-signed-looking tokens therefore queues for the signature slots
+    /// instead of occupying the async workers that serve callers whose tokens are cached.
+    pub async fn verify_async(&self, token: &str) -> Result<Claims, TokenError> {
+        if let Some(claims) = self.cached(token) {
+            return Ok(claims);
+        }
+        let now = unix_now();
+        let (header, payload) = split_token(token)?;
+        let key_id = check_header(header)?;
+        self.check_claims(payload, now)?;
+        if self.keys.get(&key_id).is_none() {
+            return Err(TokenError::UnknownKey);
+        }
+
+        // The semaphore is never closed, so acquiring cannot fail; fail closed if it does.
+        let _slot = self
+            .signature_slots
+            .acquire()
+            .await
+            .map_err(|_| TokenError::BadSignature)?;
+        let verifier = self.clone();
+        let owned = token.to_owned();
+        let verified = tokio::task::spawn_blocking(move || verifier.verify_at(&owned, now))
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "token verification task failed");
+                TokenError::BadSignature
+            })?;
+        let (claims, key_id) = verified?;
         self.cache.insert(token, &key_id, &claims);
         Ok(claims)
     }
@@ -309,6 +351,12 @@ fn map_library_error(error: jsonwebtoken::errors::Error) -> TokenError {
         ErrorKind::MissingRequiredClaim(_) => TokenError::MissingClaim,
         _ => TokenError::Malformed,
     }
+}
+
+/// Returns the number of signature checks that may run at once: one per two available cores,
+/// and at least one, so that the async workers keep a core for cached calls.
+fn signature_slots() -> usize {
+    std::thread::available_parallelism().map_or(1, |cores| (cores.get() / 2).max(1))
 }
 
 /// Returns the current time in seconds since the Unix epoch.
