@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use school_durable::{GroupCommit, OpenError};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
@@ -23,6 +24,9 @@ const SIGNING_KEYS_TREE: &str = "signing_keys";
 
 /// A sled database in `<data dir>/sled`, holding users and signing keys.
 ///
+/// Every write returns after a group commit has flushed it to disk, so concurrent writers share
+/// one flush.
+///
 /// sled takes an exclusive file lock, so a second process (or a second [`SledStore`] in the same
 /// process) on the same directory fails with [`Error::DataDirLocked`]. Cloning shares the
 /// database.
@@ -30,6 +34,7 @@ const SIGNING_KEYS_TREE: &str = "signing_keys";
 pub struct SledStore {
     dir: PathBuf,
     db: sled::Db,
+    committer: GroupCommit,
     users: sled::Tree,
     signing_keys: sled::Tree,
 }
@@ -73,23 +78,21 @@ impl SledStore {
                 source,
             })?;
 
-        let db =
-            sled::Config::new()
-                .path(dir.join("sled"))
-                .open()
-                .map_err(|error| match error {
-                    sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-                        Error::DataDirLocked { dir: dir.clone() }
-                    }
-                    sled::Error::Io(source) => Error::OpenDataDir {
-                        dir: dir.clone(),
-                        source,
-                    },
-                    other => Error::Storage {
-                        operation: "open database",
-                        source: other,
-                    },
-                })?;
+        let db = school_durable::open(&dir.join("sled")).map_err(|error| match error {
+            OpenError::Locked { .. } => Error::DataDirLocked { dir: dir.clone() },
+            OpenError::Io { source, .. } => Error::OpenDataDir {
+                dir: dir.clone(),
+                source,
+            },
+            damaged @ OpenError::Damaged { .. } => Error::OpenDataDir {
+                dir: dir.clone(),
+                source: std::io::Error::other(damaged),
+            },
+        })?;
+        let committer = GroupCommit::start(db.clone()).map_err(|source| Error::Io {
+            operation: "start the database flush thread",
+            source,
+        })?;
 
         let users = db
             .open_tree(USERS_TREE)
@@ -101,6 +104,7 @@ impl SledStore {
         Ok(Self {
             dir,
             db,
+            committer,
             users,
             signing_keys,
         })
@@ -111,13 +115,25 @@ impl SledStore {
         &self.dir
     }
 
-    /// Writes every pending change to disk.
+    /// Writes every pending change to disk, sharing the flush with concurrent writers.
     pub async fn flush(&self) -> Result<(), Error> {
-        self.db
-            .flush_async()
+        self.committer
+            .commit()
             .await
-            .map(drop)
-            .map_err(storage("flush database"))
+            .map_err(|error| Error::Storage {
+                operation: "flush database",
+                source: error.into(),
+            })
+    }
+
+    /// Returns the counters of the group commit, for metrics.
+    pub fn commit_stats(&self) -> &std::sync::Arc<school_durable::CommitStats> {
+        self.committer.stats()
+    }
+
+    /// Returns the size of the database files on disk in bytes, for metrics.
+    pub fn size_on_disk(&self) -> Result<u64, Error> {
+        self.db.size_on_disk().map_err(storage("measure database size"))
     }
 }
 

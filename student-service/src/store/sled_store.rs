@@ -2,7 +2,9 @@
 
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::Arc;
 
+use school_durable::{CommitStats, GroupCommit, OpenError};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Db, Transactional, Tree};
 use uuid::Uuid;
@@ -19,9 +21,14 @@ const STUDENTS_TREE: &[u8] = b"students";
 const ACCOUNTS_TREE: &[u8] = b"students_by_account";
 
 /// Student records in a sled database. Cloning is cheap and shares the database.
+///
+/// Every write returns after a group commit has flushed it to disk, so concurrent writers share
+/// one flush. Each insert or delete changes the record and its account link in one sled
+/// transaction, so a crash leaves both or neither.
 #[derive(Clone)]
 pub struct SledStore {
     db: Db,
+    committer: GroupCommit,
     students: Tree,
     accounts: Tree,
 }
@@ -37,50 +44,67 @@ impl SledStore {
     /// Opens or creates the database in `dir`. Fails with [`Error::DataDirLocked`] when another
     /// process (or another `SledStore` in this process) has it open.
     pub fn open(dir: &Path) -> Result<Self, Error> {
-        let db = sled::Config::new()
-            .path(dir)
-            .open()
-            .map_err(|source| open_error(dir, source))?;
-        let students = db
-            .open_tree(STUDENTS_TREE)
-            .map_err(|source| open_error(dir, source))?;
-        let accounts = db
-            .open_tree(ACCOUNTS_TREE)
-            .map_err(|source| open_error(dir, source))?;
+        let db = school_durable::open(dir).map_err(|error| open_error(dir, error))?;
+        // A tree that cannot be opened means sled could not read its own metadata.
+        let damaged = |source: sled::Error| {
+            open_error(
+                dir,
+                OpenError::Damaged {
+                    dir: dir.to_owned(),
+                    detail: source.to_string(),
+                },
+            )
+        };
+        let students = db.open_tree(STUDENTS_TREE).map_err(damaged)?;
+        let accounts = db.open_tree(ACCOUNTS_TREE).map_err(damaged)?;
+        let committer = GroupCommit::start(db.clone()).map_err(|source| Error::OpenStorage {
+            dir: dir.to_owned(),
+            source: sled::Error::Io(source),
+        })?;
 
         Ok(SledStore {
             db,
+            committer,
             students,
             accounts,
         })
     }
 
-    async fn flush_db(&self, operation: &'static str) -> Result<(), Error> {
+    /// Returns the counters of the group commit, for metrics.
+    pub fn commit_stats(&self) -> &Arc<CommitStats> {
+        self.committer.stats()
+    }
+
+    /// Returns the size of the database files on disk in bytes, for metrics.
+    pub fn size_on_disk(&self) -> Result<u64, Error> {
         self.db
-            .flush_async()
+            .size_on_disk()
+            .map_err(|source| Error::storage("measure the database size", source))
+    }
+
+    async fn flush_db(&self, operation: &'static str) -> Result<(), Error> {
+        self.committer
+            .commit()
             .await
-            .map_err(|source| Error::storage(operation, source))?;
-        Ok(())
+            .map_err(|error| Error::storage(operation, error))
     }
 }
 
-fn open_error(dir: &Path, source: sled::Error) -> Error {
-    // NOTE: sled 0.34 reports a held lock only as an `io::Error` of kind `Other` whose text
-    // starts with "could not acquire lock", so the text is the only thing to match.
-    let locked = matches!(
-        &source,
-        sled::Error::Io(io) if io.to_string().contains("could not acquire lock")
-    );
-    if locked {
-        Error::DataDirLocked {
+fn open_error(dir: &Path, error: OpenError) -> Error {
+    match error {
+        OpenError::Locked { source, .. } => Error::DataDirLocked {
             dir: dir.to_owned(),
             source,
-        }
-    } else {
-        Error::OpenStorage {
+        },
+        OpenError::Io { source, .. } => Error::OpenStorage {
             dir: dir.to_owned(),
-            source,
-        }
+            source: sled::Error::Io(source),
+        },
+        // The message of `Damaged` contains the recovery step, so it travels as the source.
+        damaged @ OpenError::Damaged { .. } => Error::OpenStorage {
+            dir: dir.to_owned(),
+            source: sled::Error::Io(std::io::Error::other(damaged)),
+        },
     }
 }
 
