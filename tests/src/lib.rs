@@ -5,6 +5,7 @@
 //! binaries, so a restart test exercises the real flush-and-close sequence.
 
 pub mod forge;
+pub mod process;
 pub mod walkthrough;
 
 use std::net::SocketAddr;
