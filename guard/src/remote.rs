@@ -47,6 +47,8 @@ pub struct KeyFetcher {
     last_unknown_key_fetch: Mutex<Option<Instant>>,
     /// Lets one fetch run at a time, so concurrent misses share one call.
     in_flight: tokio::sync::Mutex<()>,
+    /// ListPublicKeys calls made, for tests and metrics.
+    calls: std::sync::atomic::AtomicU64,
 }
 
 impl KeyFetcher {
@@ -57,7 +59,13 @@ impl KeyFetcher {
             keys,
             last_unknown_key_fetch: Mutex::new(None),
             in_flight: tokio::sync::Mutex::new(()),
+            calls: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Returns how many ListPublicKeys calls this fetcher has made, successful or not.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Returns the key set the fetcher writes into.
@@ -69,6 +77,7 @@ impl KeyFetcher {
     /// Returns the number of keys now trusted.
     pub async fn fetch(&self) -> Result<usize, FetchError> {
         let _one_at_a_time = self.in_flight.lock().await;
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut client = self.client.clone();
         let call = client.list_public_keys(ListPublicKeysRequest {});
         let response = tokio::time::timeout(FETCH_TIMEOUT, call)
