@@ -97,6 +97,22 @@ pub struct Config {
     /// Format of the log lines written to standard error.
     #[arg(long, env = "STUDENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Socket address for the Prometheus metrics endpoint (`GET /metrics` over plain HTTP);
+    /// off when absent. It needs no token, so bind it to loopback or a private network.
+    #[arg(long, env = "STUDENT_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Requests handled at the same time across all connections; further requests get
+    /// RESOURCE_EXHAUSTED at once.
+    #[arg(
+        long,
+        env = "STUDENT_MAX_CONCURRENT_REQUESTS",
+        value_name = "COUNT",
+        default_value_t = 256,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_concurrent_requests: u32,
 }
 
 /// Output format of the logs.

@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod error;
+pub mod operations;
 pub mod page_token;
 pub mod server;
 pub mod service;

@@ -9,6 +9,7 @@ use school_guard::keys::KeySet;
 use school_guard::remote::KeyFetcher;
 use school_guard::verify::{TokenVerifier, VerifierConfig};
 use school_guard::{Guard, GuardLayer};
+use school_ops::{ConcurrencyLimitLayer, MetricsEndpoint};
 use school_proto::auth::v1::auth_service_client::AuthServiceClient;
 use school_proto::student::v1::student_service_server::{SERVICE_NAME, StudentServiceServer};
 use tokio::net::TcpListener;
@@ -21,6 +22,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::operations::{ServiceMetrics, refresh_keys};
 use crate::service::StudentApi;
 use crate::store::{SledStore, StudentStore};
 
@@ -42,6 +44,9 @@ pub struct BoundServer {
     guard: Arc<Guard>,
     fetcher: Arc<KeyFetcher>,
     key_refresh: Duration,
+    metrics: ServiceMetrics,
+    metrics_endpoint: Option<MetricsEndpoint>,
+    max_concurrent_requests: usize,
     /// Health `Watch` streams never end by themselves, so graceful shutdown needs a bound.
     shutdown_grace: Duration,
 }
@@ -56,6 +61,16 @@ pub async fn bind(config: Config) -> Result<BoundServer, Error> {
 
     let store = Arc::new(SledStore::open(&config.data_dir)?);
     tracing::info!(data_dir = %config.data_dir.display(), "student database opened");
+
+    let metrics = ServiceMetrics::new(&store);
+    let metrics_endpoint = match config.metrics_listen {
+        Some(addr) => Some(
+            MetricsEndpoint::bind(addr, metrics.metrics.clone())
+                .await
+                .map_err(|source| Error::Bind { addr, source })?,
+        ),
+        None => None,
+    };
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -101,11 +116,20 @@ pub async fn bind(config: Config) -> Result<BoundServer, Error> {
         guard,
         fetcher,
         key_refresh: config.key_refresh_interval(),
+        metrics,
+        metrics_endpoint,
+        max_concurrent_requests: usize::try_from(config.max_concurrent_requests)
+            .unwrap_or(usize::MAX),
         shutdown_grace: config.shutdown_grace(),
     })
 }
 
 impl BoundServer {
+    /// Returns the bound address of the metrics endpoint, when `--metrics-listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_endpoint.as_ref().map(MetricsEndpoint::local_addr)
+    }
+
     /// Returns the address the listener is bound to, with the actual port when port 0 was
     /// requested.
     pub fn local_addr(&self) -> SocketAddr {
@@ -135,7 +159,16 @@ impl BoundServer {
             Arc::clone(&self.fetcher),
             health.clone(),
             self.key_refresh,
+            self.metrics.clone(),
         ));
+        let metrics_task = self.metrics_endpoint.map(|endpoint| {
+            tracing::info!(metrics.addr = %endpoint.local_addr(), "metrics endpoint listening");
+            AbortOnDrop(tokio::spawn(async move {
+                if let Err(error) = endpoint.serve(std::future::pending()).await {
+                    tracing::error!(%error, "the metrics endpoint stopped");
+                }
+            }))
+        });
 
         let (drain_started, drain_signal) = oneshot::channel::<()>();
         let signal = {
@@ -157,6 +190,12 @@ impl BoundServer {
         };
 
         let serving = Server::builder()
+            // Outermost first: metrics see shed requests and guard rejections too.
+            .layer(self.metrics.metrics.layer())
+            .layer(ConcurrencyLimitLayer::new(
+                self.max_concurrent_requests,
+                self.metrics.shed.clone(),
+            ))
             .layer(GuardLayer::new(self.guard))
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -177,6 +216,7 @@ impl BoundServer {
         };
 
         keys_task.abort();
+        drop(metrics_task);
         let flushed = self.store.flush().await;
         served?;
         flushed
@@ -200,28 +240,21 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
 
 /// Fetches the verification keys until one fetch succeeds, reports SERVING, then keeps the
 /// keys refreshed every `refresh` until this task is aborted.
-async fn load_keys(fetcher: Arc<KeyFetcher>, health: HealthReporter, refresh: Duration) {
+async fn load_keys(
+    fetcher: Arc<KeyFetcher>,
+    health: HealthReporter,
+    refresh: Duration,
+    metrics: ServiceMetrics,
+) {
     fetcher.fetch_until_ready().await;
     set_health(&health, ServingStatus::Serving).await;
     tracing::info!("verification keys loaded; health is SERVING");
 
-    let refresher = AbortOnDrop(fetcher.spawn_refresh(refresh));
-    refresher.wait().await;
+    refresh_keys(fetcher, refresh, metrics).await;
 }
 
-/// Aborts the task when dropped, so aborting [`load_keys`] also stops the refresh task it
-/// spawned.
+/// Aborts the task when dropped, so a task spawned for the server stops with it.
 struct AbortOnDrop(JoinHandle<()>);
-
-impl AbortOnDrop {
-    async fn wait(mut self) {
-        if let Err(error) = (&mut self.0).await
-            && error.is_panic()
-        {
-            tracing::error!("the key refresh task panicked; keys are no longer refreshed");
-        }
-    }
-}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

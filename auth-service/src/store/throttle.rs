@@ -277,6 +277,20 @@ mod tests {
         }
     }
 
+    /// Opens the store, waiting while the flush thread of a store dropped a moment ago still
+    /// holds the lock.
+    fn reopen(dir: &Path, max_entries: usize) -> Result<SledThrottleStore, Error> {
+        for _ in 0..100 {
+            match SledThrottleStore::open(dir, max_entries) {
+                Err(Error::DataDirLocked { .. }) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+        SledThrottleStore::open(dir, max_entries)
+    }
+
     #[test]
     fn put_get_remove() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
@@ -319,7 +333,7 @@ mod tests {
             store.flush()?;
         }
 
-        let store = SledThrottleStore::open(dir.path(), 10)?;
+        let store = reopen(dir.path(), 10)?;
 
         assert_eq!(store.get("addr\x00127.0.0.1")?, Some(record(7)));
         assert_eq!(store.len(), 1);
@@ -337,7 +351,7 @@ mod tests {
             store.flush()?;
         }
 
-        let store = SledThrottleStore::open(dir.path(), 2)?;
+        let store = reopen(dir.path(), 2)?;
 
         assert_eq!(store.len(), 2);
         assert!(store.get("d")?.is_some());
