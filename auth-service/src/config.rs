@@ -102,6 +102,23 @@ pub struct Config {
     #[arg(long, env = "AUTH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
 
+    /// Socket address for the Prometheus metrics endpoint (`GET /metrics` over plain HTTP);
+    /// off when absent. It needs no token, so bind it to loopback or a private network.
+    #[arg(long, env = "AUTH_METRICS_LISTEN", value_name = "ADDR", global = true)]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Requests handled at the same time across all connections; further requests get
+    /// RESOURCE_EXHAUSTED at once.
+    #[arg(
+        long,
+        env = "AUTH_MAX_CONCURRENT_REQUESTS",
+        value_name = "COUNT",
+        default_value_t = 256,
+        value_parser = clap::value_parser!(u32).range(1..),
+        global = true
+    )]
+    pub max_concurrent_requests: u32,
+
     /// Username of an admin to create at start if no user has that name; needs
     /// AUTH_BOOTSTRAP_ADMIN_PASSWORD.
     #[arg(long, env = "AUTH_BOOTSTRAP_ADMIN_USERNAME", global = true)]

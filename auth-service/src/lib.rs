@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod keys;
+pub mod operations;
 pub mod password;
 pub mod role;
 pub mod server;

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use school_guard::verify::{TokenVerifier, VerifierConfig};
+use school_ops::{ConcurrencyLimitLayer, MetricsEndpoint};
 use school_proto::auth::v1::auth_service_server::AuthServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -13,6 +14,7 @@ use tonic_health::ServingStatus;
 use crate::config::Config;
 use crate::error::Error;
 use crate::keys::KeyRing;
+use crate::operations::ServiceMetrics;
 use crate::password::PasswordHasher;
 use crate::service::AuthApi;
 use crate::store::SledStore;
@@ -34,6 +36,9 @@ pub struct BoundServer {
     store: SledStore,
     users: Users,
     api: AuthApi,
+    metrics: ServiceMetrics,
+    metrics_endpoint: Option<MetricsEndpoint>,
+    max_concurrent_requests: usize,
 }
 
 /// Opens the store and a password hasher with the configured parameters, for the server and
@@ -73,6 +78,16 @@ pub async fn bind(config: Config) -> Result<BoundServer, Error> {
     );
     let api = AuthApi::new(users.clone(), issuer, verifier, &keys);
 
+    let metrics = ServiceMetrics::new(&store);
+    let metrics_endpoint = match config.metrics_listen {
+        Some(addr) => Some(
+            MetricsEndpoint::bind(addr, metrics.metrics.clone())
+                .await
+                .map_err(|source| Error::Bind { addr, source })?,
+        ),
+        None => None,
+    };
+
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| Error::Bind {
@@ -90,6 +105,10 @@ pub async fn bind(config: Config) -> Result<BoundServer, Error> {
         store,
         users,
         api,
+        metrics,
+        metrics_endpoint,
+        max_concurrent_requests: usize::try_from(config.max_concurrent_requests)
+            .unwrap_or(usize::MAX),
     })
 }
 
@@ -107,6 +126,11 @@ async fn create_bootstrap_admin(config: &Config, users: &Users) -> Result<(), Er
 }
 
 impl BoundServer {
+    /// Returns the bound address of the metrics endpoint, when `--metrics-listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_endpoint.as_ref().map(MetricsEndpoint::local_addr)
+    }
+
     /// Returns the bound address, with the real port when the configuration asked for port 0.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -136,6 +160,14 @@ impl BoundServer {
             .map_err(Error::Reflection)?;
         let auth = AuthServiceServer::new(self.api).max_decoding_message_size(MAX_REQUEST_BYTES);
 
+        let metrics_task = self.metrics_endpoint.map(|endpoint| {
+            tracing::info!(metrics.addr = %endpoint.local_addr(), "metrics endpoint listening");
+            tokio::spawn(async move {
+                if let Err(error) = endpoint.serve(std::future::pending()).await {
+                    tracing::error!(%error, "the metrics endpoint stopped");
+                }
+            })
+        });
         let shutdown = async move {
             shutdown.await;
             tracing::info!("shutdown requested; finishing in-flight requests");
@@ -146,6 +178,12 @@ impl BoundServer {
             }
         };
         let served = tonic::transport::Server::builder()
+            // Outermost first: metrics see shed requests too.
+            .layer(self.metrics.metrics.layer())
+            .layer(ConcurrencyLimitLayer::new(
+                self.max_concurrent_requests,
+                self.metrics.shed.clone(),
+            ))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -153,6 +191,9 @@ impl BoundServer {
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await
             .map_err(Error::Transport);
+        if let Some(metrics_task) = metrics_task {
+            metrics_task.abort();
+        }
 
         let flushed = self.store.flush().await;
         served.and(flushed)

@@ -1,0 +1,11 @@
+//! Operations support shared by auth-service and student-service: Prometheus metrics for gRPC
+//! requests, an HTTP endpoint that serves them, and a limit on concurrent requests that sheds
+//! the excess with `RESOURCE_EXHAUSTED`.
+
+mod endpoint;
+mod limit;
+mod metrics;
+
+pub use endpoint::MetricsEndpoint;
+pub use limit::ConcurrencyLimitLayer;
+pub use metrics::{Metrics, RequestMetricsLayer, ValueCollector, ValueKind};

@@ -1,0 +1,468 @@
+//! The metric registry and the tower layer that counts gRPC requests.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::{HeaderMap, Request, Response};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Metric, Registry};
+use school_durable::CommitStats;
+use tonic::Code;
+use tonic_types::StatusExt as _;
+use tower::{Layer, Service};
+
+/// The most distinct `method` label values kept. Paths come from clients, so later unknown
+/// paths are counted under [`OTHER_METHOD`] instead of growing the registry without bound.
+const MAX_METHODS: usize = 64;
+
+/// The `method` label of requests beyond [`MAX_METHODS`] distinct paths.
+const OTHER_METHOD: &str = "other";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodCodeLabels {
+    method: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+/// The metrics of one service: a Prometheus registry with the request metrics every service
+/// has, to which the service adds its own.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Arc<RwLock<Registry>>,
+    requests: RequestMetrics,
+}
+
+/// The request metric families, cloned into every layer instance.
+#[derive(Clone, Debug)]
+struct RequestMetrics {
+    requests: Family<MethodCodeLabels, Counter>,
+    durations: Family<MethodLabels, Histogram>,
+    authentication_failures: Family<ReasonLabels, Counter>,
+    authorization_denials: Family<MethodLabels, Counter>,
+    in_flight: Family<MethodLabels, Gauge>,
+    methods: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates a registry with the request metrics:
+    ///
+    /// - `grpc_server_requests_total{method, code}`: answered requests by gRPC status code name;
+    /// - `grpc_server_handling_seconds{method}`: time until the response headers, a histogram;
+    /// - `authentication_failures_total{reason}`: `UNAUTHENTICATED` answers by the `reason` of
+    ///   their `google.rpc.ErrorInfo` detail, `unknown` when there is none;
+    /// - `authorization_denials_total{method}`: `PERMISSION_DENIED` answers;
+    /// - `grpc_server_in_flight{method}`: requests received whose response headers are not
+    ///   sent yet.
+    pub fn new() -> Self {
+        let requests = RequestMetrics {
+            requests: Family::default(),
+            durations: Family::new_with_constructor(|| {
+                // 1 ms to about 16 s, doubling; an Argon2 login takes tens of milliseconds.
+                Histogram::new(exponential_buckets(0.001, 2.0, 15))
+            }),
+            authentication_failures: Family::default(),
+            authorization_denials: Family::default(),
+            in_flight: Family::default(),
+            methods: Arc::default(),
+        };
+        let mut registry = Registry::default();
+        registry.register(
+            "grpc_server_requests",
+            "gRPC requests answered, by method and status code",
+            requests.requests.clone(),
+        );
+        registry.register(
+            "grpc_server_handling_seconds",
+            "Time from receiving a gRPC request to sending the response headers",
+            requests.durations.clone(),
+        );
+        registry.register(
+            "authentication_failures",
+            "Requests answered UNAUTHENTICATED, by ErrorInfo reason",
+            requests.authentication_failures.clone(),
+        );
+        registry.register(
+            "authorization_denials",
+            "Requests answered PERMISSION_DENIED, by method",
+            requests.authorization_denials.clone(),
+        );
+        registry.register(
+            "grpc_server_in_flight",
+            "Requests received and not yet answered, by method",
+            requests.in_flight.clone(),
+        );
+        Metrics {
+            registry: Arc::new(RwLock::new(registry)),
+            requests,
+        }
+    }
+
+    /// Adds a service-specific metric under `name`, as
+    /// [`Registry::register`](prometheus_client::registry::Registry::register) does.
+    pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
+        self.registry
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .register(name, help, metric);
+    }
+
+    /// Adds a collector that computes its values at each scrape.
+    pub fn register_collector(&self, collector: impl Collector) {
+        self.registry
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .register_collector(Box::new(collector));
+    }
+
+    /// Returns a layer that records every request passing through it.
+    pub fn layer(&self) -> RequestMetricsLayer {
+        RequestMetricsLayer {
+            metrics: self.requests.clone(),
+        }
+    }
+
+    /// Adds the storage metrics, read at each scrape: `storage_size_bytes` from `size_on_disk`
+    /// (-1 when it fails), and `storage_flushes_total` and `storage_commits_total` from the
+    /// group commit counters in `stats`.
+    pub fn register_storage(
+        &self,
+        stats: &Arc<CommitStats>,
+        size_on_disk: impl Fn() -> Option<u64> + Send + Sync + 'static,
+    ) {
+        self.register_collector(ValueCollector::new(
+            "storage_size_bytes",
+            "Size of the sled database files on disk",
+            ValueKind::Gauge,
+            move || size_on_disk().map_or(-1, saturating_i64),
+        ));
+        let flushes = Arc::clone(stats);
+        self.register_collector(ValueCollector::new(
+            "storage_flushes",
+            "Flushes to disk; each covers the writes of every request waiting when it started",
+            ValueKind::Counter,
+            move || saturating_i64(flushes.flushes()),
+        ));
+        let commits = Arc::clone(stats);
+        self.register_collector(ValueCollector::new(
+            "storage_commits",
+            "Writes made durable by a flush",
+            ValueKind::Counter,
+            move || saturating_i64(commits.commits()),
+        ));
+    }
+
+    /// Renders every metric in the OpenMetrics text format.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        let registry = self.registry.read().unwrap_or_else(PoisonError::into_inner);
+        prometheus_client::encoding::text::encode(&mut text, &registry)?;
+        Ok(text)
+    }
+}
+
+impl RequestMetrics {
+    fn method_label(&self, path: &str) -> String {
+        let mut methods = self.methods.lock().unwrap_or_else(PoisonError::into_inner);
+        if methods.contains(path) {
+            return path.to_owned();
+        }
+        if methods.len() < MAX_METHODS {
+            methods.insert(path.to_owned());
+            return path.to_owned();
+        }
+        OTHER_METHOD.to_owned()
+    }
+
+    fn record(&self, path: &str, headers: &HeaderMap, elapsed: std::time::Duration) {
+        let method = self.method_label(path);
+        // A trailers-only response, which tonic sends for every error of a unary call, carries
+        // the status in its headers. Otherwise the status follows in the trailers, after the
+        // body, and is OK for every unary call that got this far.
+        // TODO: read the trailers, so a streaming call that fails after its headers counts
+        // under its real code.
+        let status = tonic::Status::from_header_map(headers);
+        let code = status.as_ref().map_or(Code::Ok, tonic::Status::code);
+
+        self.requests
+            .get_or_create(&MethodCodeLabels {
+                method: method.clone(),
+                code: format!("{code:?}"),
+            })
+            .inc();
+        self.durations
+            .get_or_create(&MethodLabels {
+                method: method.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
+
+        match (code, status) {
+            (Code::Unauthenticated, Some(status)) => {
+                let reason = status
+                    .get_error_details()
+                    .error_info()
+                    .map_or_else(|| "unknown".to_owned(), |info| info.reason.clone());
+                self.authentication_failures
+                    .get_or_create(&ReasonLabels { reason })
+                    .inc();
+            }
+            (Code::PermissionDenied, _) => {
+                self.authorization_denials
+                    .get_or_create(&MethodLabels { method })
+                    .inc();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A tower layer that counts requests by method and gRPC status, times them, and counts
+/// authentication failures and authorization denials. Place it outside the guard layer, so it
+/// sees the guard's rejections too.
+#[derive(Clone, Debug)]
+pub struct RequestMetricsLayer {
+    metrics: RequestMetrics,
+}
+
+impl<S> Layer<S> for RequestMetricsLayer {
+    type Service = RequestMetricsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestMetricsService {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// The service of [`RequestMetricsLayer`].
+#[derive(Clone, Debug)]
+pub struct RequestMetricsService<S> {
+    inner: S,
+    metrics: RequestMetrics,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequestMetricsService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let path = request.uri().path().to_owned();
+        let started = Instant::now();
+        let metrics = self.metrics.clone();
+        let gauge = metrics
+            .in_flight
+            .get_or_create(&MethodLabels {
+                method: metrics.method_label(&path),
+            })
+            .clone();
+        let in_flight = InFlight::enter(gauge);
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await;
+            drop(in_flight);
+            if let Ok(response) = &response {
+                metrics.record(&path, response.headers(), started.elapsed());
+            }
+            response
+        })
+    }
+}
+
+/// One request counted in `grpc_server_in_flight`, removed again on drop, also when the caller
+/// cancels the request and its future is dropped unfinished.
+struct InFlight(Gauge);
+
+impl InFlight {
+    fn enter(gauge: Gauge) -> Self {
+        gauge.inc();
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Whether a [`ValueCollector`] reports a counter or a gauge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueKind {
+    /// A value that only grows, such as a number of flushes.
+    Counter,
+    /// A value that goes up and down, such as a queue depth.
+    Gauge,
+}
+
+/// A metric whose value a closure computes at each scrape, for values another component
+/// already keeps, such as the database size or a queue depth.
+pub struct ValueCollector {
+    name: &'static str,
+    help: &'static str,
+    kind: ValueKind,
+    value: Box<dyn Fn() -> i64 + Send + Sync>,
+}
+
+impl std::fmt::Debug for ValueCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ValueCollector")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ValueCollector {
+    /// Creates a collector named `name` (without the `_total` suffix of a counter).
+    pub fn new(
+        name: &'static str,
+        help: &'static str,
+        kind: ValueKind,
+        value: impl Fn() -> i64 + Send + Sync + 'static,
+    ) -> Self {
+        ValueCollector {
+            name,
+            help,
+            kind,
+            value: Box::new(value),
+        }
+    }
+}
+
+impl Collector for ValueCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let value = (self.value)();
+        match self.kind {
+            ValueKind::Counter => {
+                let counter = ConstCounter::new(u64::try_from(value).unwrap_or(0));
+                let metric =
+                    encoder.encode_descriptor(self.name, self.help, None, counter.metric_type())?;
+                counter.encode(metric)
+            }
+            ValueKind::Gauge => {
+                let gauge = ConstGauge::new(value);
+                let metric =
+                    encoder.encode_descriptor(self.name, self.help, None, gauge.metric_type())?;
+                gauge.encode(metric)
+            }
+        }
+    }
+}
+
+fn saturating_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers_for(status: &tonic::Status) -> HeaderMap {
+        let response = status.clone().into_http::<tonic::body::Body>();
+        response.headers().clone()
+    }
+
+    #[test]
+    fn records_code_reason_and_denial() -> Result<(), Box<dyn std::error::Error>> {
+        let metrics = Metrics::new();
+        let requests = &metrics.requests;
+        let denied = tonic::Status::permission_denied("no");
+        let unauthenticated = tonic::Status::with_error_details(
+            Code::Unauthenticated,
+            "expired",
+            tonic_types::ErrorDetails::with_error_info("TOKEN_EXPIRED", "test", []),
+        );
+
+        requests.record("/pkg.Svc/Get", &HeaderMap::new(), std::time::Duration::ZERO);
+        requests.record(
+            "/pkg.Svc/Delete",
+            &headers_for(&denied),
+            std::time::Duration::ZERO,
+        );
+        requests.record(
+            "/pkg.Svc/Get",
+            &headers_for(&unauthenticated),
+            std::time::Duration::ZERO,
+        );
+        let text = metrics.encode()?;
+
+        assert!(
+            text.contains(r#"grpc_server_requests_total{method="/pkg.Svc/Get",code="Ok"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"authorization_denials_total{method="/pkg.Svc/Delete"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"authentication_failures_total{reason="TOKEN_EXPIRED"} 1"#),
+            "{text}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn method_labels_are_bounded() {
+        let metrics = Metrics::new();
+
+        for index in 0..MAX_METHODS + 10 {
+            metrics.requests.method_label(&format!("/pkg.Svc/M{index}"));
+        }
+
+        assert_eq!(metrics.requests.method_label("/pkg.Svc/M0"), "/pkg.Svc/M0");
+        assert_eq!(metrics.requests.method_label("/pkg.Svc/New"), OTHER_METHOD);
+    }
+
+    #[test]
+    fn value_collector_reads_at_scrape() -> Result<(), Box<dyn std::error::Error>> {
+        let metrics = Metrics::new();
+        let value = Arc::new(std::sync::atomic::AtomicI64::new(3));
+        let read = Arc::clone(&value);
+        metrics.register_collector(ValueCollector::new(
+            "queue_depth",
+            "Waiting operations",
+            ValueKind::Gauge,
+            move || read.load(std::sync::atomic::Ordering::Relaxed),
+        ));
+
+        value.store(5, std::sync::atomic::Ordering::Relaxed);
+        let text = metrics.encode()?;
+
+        assert!(text.contains("queue_depth 5"), "{text}");
+        Ok(())
+    }
+}

@@ -1,0 +1,273 @@
+//! Operations: the Prometheus endpoints, load shedding with RESOURCE_EXHAUSTED, and
+//! student-service carrying on while auth-service is down.
+
+// A failed step in a helper fails the test, which is what `expect` does here.
+#![allow(clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use auth_service::password::Password;
+use auth_service::Role;
+use clap::Parser as _;
+use integration_tests::{
+    ADMIN, PASSWORD, RunningAuth, STUDENT, Stack, health_status, wait_until_serving, with_token,
+};
+use school_proto::auth::v1::LoginRequest;
+use school_proto::auth::v1::auth_service_client::AuthServiceClient;
+use school_proto::student::v1::student_service_client::StudentServiceClient;
+use school_proto::student::v1::{CreateStudentRequest, DeleteStudentRequest, GetStudentRequest};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::oneshot;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+/// Fetches `GET /metrics` over plain HTTP/1.1 and returns the body.
+async fn scrape(addr: SocketAddr) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the metrics endpoint");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("send the scrape request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("read the scrape response");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .expect("HTTP response with a body");
+    assert!(head.starts_with("HTTP/1.1 200"), "scrape failed: {head}");
+    body.to_owned()
+}
+
+/// Returns the value of the sample whose line starts with `series`, such as
+/// `requests_shed_total`, or `None` when there is none.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+/// A student-service bound in this process with the metrics endpoint on a loopback port.
+async fn start_student_with_metrics(
+    data_dir: &Path,
+    auth_url: &str,
+) -> (String, SocketAddr, oneshot::Sender<()>) {
+    let config = student_service::Config::try_parse_from([
+        "student-service",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data_dir.to_str().expect("UTF-8 path"),
+        "--auth-url",
+        auth_url,
+    ])
+    .expect("student-service flags");
+    let server = student_service::bind(config).await.expect("student-service binds");
+    let url = format!("http://{}", server.local_addr());
+    let metrics = server.metrics_addr().expect("metrics endpoint bound");
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server.serve(async {
+        let _ = stopped.await;
+    }));
+    wait_until_serving(&url, "school.student.v1.StudentService").await;
+    (url, metrics, stop)
+}
+
+#[tokio::test]
+async fn student_metrics_count_outcomes() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let auth = RunningAuth::start(&dir.path().join("auth"), &[]).await;
+    for (username, role) in [(ADMIN, Role::Admin), (STUDENT, Role::Student)] {
+        auth.users()
+            .create(username, PASSWORD, role)
+            .await
+            .expect("create test user");
+    }
+    let (url, metrics_addr, _stop) =
+        start_student_with_metrics(&dir.path().join("student"), &auth.url()).await;
+    let admin = auth.login(ADMIN, PASSWORD).await;
+    let student = auth.login(STUDENT, PASSWORD).await;
+    let mut client = StudentServiceClient::connect(url)
+        .await
+        .expect("connect to student-service");
+
+    let created = client
+        .create_student(with_token(
+            CreateStudentRequest {
+                name: "Mia Metric".into(),
+                email: "mia@example.org".into(),
+                account_username: String::new(),
+                grade_level: 4,
+            },
+            &admin,
+        ))
+        .await
+        .expect("admin creates a record")
+        .into_inner()
+        .student
+        .expect("created record");
+    let denied = client
+        .delete_student(with_token(
+            DeleteStudentRequest {
+                id: created.id.clone(),
+            },
+            &student,
+        ))
+        .await
+        .expect_err("a student may not delete");
+    let unauthenticated = client
+        .get_student(GetStudentRequest { id: created.id })
+        .await
+        .expect_err("no token");
+    let text = scrape(metrics_addr).await;
+
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert_eq!(unauthenticated.code(), Code::Unauthenticated);
+    assert_eq!(
+        sample(
+            &text,
+            r#"grpc_server_requests_total{method="/school.student.v1.StudentService/CreateStudent",code="Ok"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"authorization_denials_total{method="/school.student.v1.StudentService/DeleteStudent"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, r#"authentication_failures_total{reason="MISSING_CREDENTIALS"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    let commits = sample(&text, "storage_commits_total").expect("storage_commits_total");
+    assert!(commits >= 1.0, "{text}");
+    let size = sample(&text, "storage_size_bytes").expect("storage_size_bytes");
+    assert!(size > 0.0, "{text}");
+}
+
+/// Binds auth-service in this process with a bootstrap admin, metrics and a concurrency limit.
+async fn bind_auth(data_dir: &Path, max_concurrent: &str) -> auth_service::BoundServer {
+    let mut config = auth_service::Config::try_parse_from([
+        "auth-service",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--max-concurrent-requests",
+        max_concurrent,
+        "--bootstrap-admin-username",
+        ADMIN,
+        "--data-dir",
+        data_dir.to_str().expect("UTF-8 path"),
+    ])
+    .expect("auth-service flags");
+    config.bootstrap_admin_password = Some(Password::new(PASSWORD.to_owned()));
+    auth_service::bind(config).await.expect("auth-service binds")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_sheds_then_recovers() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let server = bind_auth(&dir.path().join("auth"), "1").await;
+    let url = format!("http://{}", server.local_addr());
+    let metrics_addr = server.metrics_addr().expect("metrics endpoint bound");
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server.serve(async {
+        let _ = stopped.await;
+    }));
+    wait_until_serving(&url, "school.auth.v1.AuthService").await;
+    let client = AuthServiceClient::connect(url.clone())
+        .await
+        .expect("connect to auth-service");
+
+    // Each login hashes with Argon2 for milliseconds, so with room for one request most of a
+    // burst finds the server full.
+    let burst: Vec<_> = (0..16)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .login(LoginRequest {
+                        username: ADMIN.to_owned(),
+                        password: PASSWORD.to_owned(),
+                    })
+                    .await
+            })
+        })
+        .collect();
+    let mut codes = Vec::new();
+    for login in burst {
+        let outcome = login.await.expect("login task");
+        codes.push(outcome.map_or_else(|status| status.code(), |_| Code::Ok));
+    }
+    let after = client
+        .clone()
+        .login(LoginRequest {
+            username: ADMIN.to_owned(),
+            password: PASSWORD.to_owned(),
+        })
+        .await;
+    let text = scrape(metrics_addr).await;
+
+    assert!(codes.contains(&Code::Ok), "{codes:?}");
+    assert!(codes.contains(&Code::ResourceExhausted), "{codes:?}");
+    assert!(
+        codes
+            .iter()
+            .all(|code| matches!(code, Code::Ok | Code::ResourceExhausted)),
+        "{codes:?}"
+    );
+    assert!(after.is_ok(), "login after the burst: {after:?}");
+    let shed = sample(&text, "requests_shed_total").expect("requests_shed_total");
+    assert!(shed >= 1.0, "{text}");
+    let logins = sample(
+        &text,
+        r#"grpc_server_handling_seconds_count{method="/school.auth.v1.AuthService/Login"}"#,
+    )
+    .expect("login latency histogram");
+    assert!(logins >= 2.0, "{text}");
+}
+
+#[tokio::test]
+async fn student_verifies_while_auth_down() {
+    let Stack {
+        dir: _dir,
+        auth,
+        student,
+        forger: _forger,
+    } = Stack::start().await;
+    let admin = auth.login(ADMIN, PASSWORD).await;
+    let auth_url = auth.url();
+
+    auth.stop().await;
+    let mut client = student.client().await;
+    let created = client
+        .create_student(with_token(
+            CreateStudentRequest {
+                name: "Dana Down".into(),
+                email: "dana@example.org".into(),
+                account_username: String::new(),
+                grade_level: 2,
+            },
+            &admin,
+        ))
+        .await;
+    let health = health_status(&student.url(), "school.student.v1.StudentService").await;
+    let login = AuthServiceClient::connect(auth_url).await;
+
+    assert!(created.is_ok(), "create with a token issued before: {created:?}");
+    assert_eq!(health, Ok(ServingStatus::Serving));
+    assert!(login.is_err(), "auth-service is stopped");
+}
