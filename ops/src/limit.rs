@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 use tower::{Layer, Service};
 
 /// A tower layer that lets at most `limit` requests run at once across all connections and
-/// answers every request beyond that with `RESOURCE_EXHAUSTED` instead of queueing it, so an
+/// rejects every request beyond that with `RESOURCE_EXHAUSTED` instead of queueing it, so an
 /// overloaded server sheds load at no cost and recovers as soon as the running requests finish.
 ///
 /// A request holds its place until its response headers are sent, which for a server

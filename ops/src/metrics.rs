@@ -20,7 +20,7 @@ use tonic::Code;
 use tonic_types::StatusExt as _;
 use tower::{Layer, Service};
 
-/// The most distinct `method` label values kept. Paths come from clients, so later unknown
+/// The maximum number of distinct `method` label values. Paths come from clients, so later unknown
 /// paths are counted under [`OTHER_METHOD`] instead of growing the registry without bound.
 const MAX_METHODS: usize = 64;
 
@@ -71,7 +71,7 @@ impl Default for Metrics {
 impl Metrics {
     /// Creates a registry with the request metrics:
     ///
-    /// - `grpc_server_requests_total{method, code}`: answered requests by gRPC status code name;
+    /// - `grpc_server_requests_total{method, code}`: completed requests by gRPC status code name;
     /// - `grpc_server_handling_seconds{method}`: time until the response headers, a histogram;
     /// - `authentication_failures_total{reason}`: `UNAUTHENTICATED` answers by the `reason` of
     ///   their `google.rpc.ErrorInfo` detail, `unknown` when there is none;
@@ -93,7 +93,7 @@ impl Metrics {
         let mut registry = Registry::default();
         registry.register(
             "grpc_server_requests",
-            "gRPC requests answered, by method and status code",
+            "gRPC requests completed, by method and status code",
             requests.requests.clone(),
         );
         registry.register(
@@ -103,17 +103,17 @@ impl Metrics {
         );
         registry.register(
             "authentication_failures",
-            "Requests answered UNAUTHENTICATED, by ErrorInfo reason",
+            "Responses with status UNAUTHENTICATED, by ErrorInfo reason",
             requests.authentication_failures.clone(),
         );
         registry.register(
             "authorization_denials",
-            "Requests answered PERMISSION_DENIED, by method",
+            "Responses with status PERMISSION_DENIED, by method",
             requests.authorization_denials.clone(),
         );
         registry.register(
             "grpc_server_in_flight",
-            "Requests received and not yet answered, by method",
+            "Requests received whose response headers are not sent yet, by method",
             requests.in_flight.clone(),
         );
         Metrics {
@@ -242,7 +242,7 @@ impl RequestMetrics {
 
 /// A tower layer that counts requests by method and gRPC status, times them, and counts
 /// authentication failures and authorization denials. Place it outside the guard layer, so it
-/// sees the guard's rejections too.
+/// also records the guard's rejections.
 #[derive(Clone, Debug)]
 pub struct RequestMetricsLayer {
     metrics: RequestMetrics,

@@ -7,8 +7,8 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use auth_service::password::Password;
 use auth_service::Role;
+use auth_service::password::Password;
 use clap::Parser as _;
 use integration_tests::{
     ADMIN, PASSWORD, RunningAuth, STUDENT, Stack, health_status, wait_until_serving, with_token,
@@ -52,7 +52,8 @@ fn sample(text: &str, series: &str) -> Option<f64> {
         .and_then(|value| value.parse().ok())
 }
 
-/// A student-service bound in this process with the metrics endpoint on a loopback port.
+/// Starts student-service in this process with the metrics endpoint on a loopback port, and
+/// returns its URL, the metrics address and the sender that stops it.
 async fn start_student_with_metrics(
     data_dir: &Path,
     auth_url: &str,
@@ -69,7 +70,9 @@ async fn start_student_with_metrics(
         auth_url,
     ])
     .expect("student-service flags");
-    let server = student_service::bind(config).await.expect("student-service binds");
+    let server = student_service::bind(config)
+        .await
+        .expect("student-service binds");
     let url = format!("http://{}", server.local_addr());
     let metrics = server.metrics_addr().expect("metrics endpoint bound");
     let (stop, stopped) = oneshot::channel::<()>();
@@ -147,7 +150,10 @@ async fn student_metrics_count_outcomes() {
         "{text}"
     );
     assert_eq!(
-        sample(&text, r#"authentication_failures_total{reason="MISSING_CREDENTIALS"}"#),
+        sample(
+            &text,
+            r#"authentication_failures_total{reason="MISSING_CREDENTIALS"}"#
+        ),
         Some(1.0),
         "{text}"
     );
@@ -174,7 +180,9 @@ async fn bind_auth(data_dir: &Path, max_concurrent: &str) -> auth_service::Bound
     ])
     .expect("auth-service flags");
     config.bootstrap_admin_password = Some(Password::new(PASSWORD.to_owned()));
-    auth_service::bind(config).await.expect("auth-service binds")
+    auth_service::bind(config)
+        .await
+        .expect("auth-service binds")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,7 +275,10 @@ async fn student_verifies_while_auth_down() {
     let health = health_status(&student.url(), "school.student.v1.StudentService").await;
     let login = AuthServiceClient::connect(auth_url).await;
 
-    assert!(created.is_ok(), "create with a token issued before: {created:?}");
+    assert!(
+        created.is_ok(),
+        "create with a token issued before: {created:?}"
+    );
     assert_eq!(health, Ok(ServingStatus::Serving));
     assert!(login.is_err(), "auth-service is stopped");
 }
