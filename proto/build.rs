@@ -3,7 +3,11 @@
 
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &["school/auth/v1/auth.proto", "school/student/v1/student.proto"];
+const PROTOS: &[&str] = &[
+    "school/auth/v1/auth.proto",
+    "school/auth/v1/user_service.proto",
+    "school/student/v1/student.proto",
+];
 
 /// Messages that carry a password or a token: their generated `Debug` is replaced by a redacting
 /// one in `lib.rs`, so a stray `{:?}` can never log a secret.
@@ -11,6 +15,12 @@ const SECRET_MESSAGES: &[&str] = &[
     "school.auth.v1.LoginRequest",
     "school.auth.v1.LoginResponse",
     "school.auth.v1.ValidateTokenRequest",
+    "school.auth.v1.IssueServiceTokenRequest",
+    "school.auth.v1.IssueServiceTokenResponse",
+    "school.auth.v1.CreateUserRequest",
+    "school.auth.v1.ChangePasswordRequest",
+    "school.auth.v1.ResetPasswordRequest",
+    "school.auth.v1.CreateServiceAccountResponse",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -57,9 +57,69 @@ impl fmt::Debug for auth::v1::ValidateTokenRequest {
     }
 }
 
+impl fmt::Debug for auth::v1::IssueServiceTokenRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssueServiceTokenRequest")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &REDACTED)
+            .field("audience", &self.audience)
+            .finish()
+    }
+}
+
+impl fmt::Debug for auth::v1::IssueServiceTokenResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssueServiceTokenResponse")
+            .field("access_token", &REDACTED)
+            .field("token_type", &self.token_type)
+            .field("expires_in", &self.expires_in)
+            .finish()
+    }
+}
+
+impl fmt::Debug for auth::v1::CreateUserRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreateUserRequest")
+            .field("username", &self.username)
+            .field("password", &REDACTED)
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
+impl fmt::Debug for auth::v1::ChangePasswordRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChangePasswordRequest")
+            .field("old_password", &REDACTED)
+            .field("new_password", &REDACTED)
+            .finish()
+    }
+}
+
+impl fmt::Debug for auth::v1::ResetPasswordRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResetPasswordRequest")
+            .field("username", &self.username)
+            .field("new_password", &REDACTED)
+            .finish()
+    }
+}
+
+impl fmt::Debug for auth::v1::CreateServiceAccountResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreateServiceAccountResponse")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &REDACTED)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::auth::v1::{LoginRequest, LoginResponse, ValidateTokenRequest};
+    use super::auth::v1::{
+        ChangePasswordRequest, CreateServiceAccountResponse, IssueServiceTokenRequest,
+        LoginRequest, LoginResponse, ValidateTokenRequest,
+    };
 
     #[test]
     fn debug_output_redacts_secrets() {
@@ -76,7 +136,22 @@ mod tests {
             token: "eyJ.secret.token".into(),
         };
 
-        let printed = format!("{login:?} {issued:?} {validate:?}");
+        let service = IssueServiceTokenRequest {
+            client_id: "svc-1".into(),
+            client_secret: "hunter2-secret".into(),
+            audience: "student-service".into(),
+        };
+        let change = ChangePasswordRequest {
+            old_password: "hunter2-secret".into(),
+            new_password: "hunter2-secret".into(),
+        };
+        let account = CreateServiceAccountResponse {
+            client_id: "svc-1".into(),
+            client_secret: "hunter2-secret".into(),
+        };
+
+        let printed =
+            format!("{login:?} {issued:?} {validate:?} {service:?} {change:?} {account:?}");
 
         assert!(printed.contains("alice"));
         assert!(!printed.contains("hunter2-secret"));
