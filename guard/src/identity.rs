@@ -41,3 +41,22 @@ pub enum Access {
     /// Only records owned by the caller.
     OwnerOnly,
 }
+
+/// The policy rule that allowed a call: the method and the permission the caller's role granted.
+///
+/// Inserted next to [`Identity`], so that a handler's audit event can name the rule that
+/// decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// The method, as `package.Service/Method`.
+    pub method: String,
+    /// The permission that allowed the call: the rule's `permission`, or its `owner_permission`
+    /// for [`Access::OwnerOnly`].
+    pub permission: String,
+}
+
+impl std::fmt::Display for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "methods.\"{}\" {}", self.method, self.permission)
+    }
+}

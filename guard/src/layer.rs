@@ -3,7 +3,8 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 
 use http::{HeaderMap, Request, Response};
@@ -11,7 +12,7 @@ use tonic::Status;
 use tower::{Layer, Service};
 
 use crate::bearer::bearer_token;
-use crate::identity::{Access, Identity};
+use crate::identity::{Access, Grant, Identity};
 use crate::policy::{Policy, Rule};
 use crate::rejection;
 use crate::remote::KeyFetcher;
@@ -22,16 +23,55 @@ use crate::verify::{TokenError, TokenVerifier};
 const MAX_LOGGED_PATH_LEN: usize = 128;
 
 /// Authenticates requests with a [`TokenVerifier`] and authorizes them with a [`Policy`].
+///
+/// The policy can be replaced while the server runs ([`Guard::replace_policy`]): each request
+/// is decided by the one policy that was current when it arrived. An optional shadow policy is
+/// evaluated beside it, and its decisions are logged and counted but never enforced.
 pub struct Guard {
     verifier: TokenVerifier,
-    policy: Policy,
+    policy: RwLock<Arc<Policy>>,
+    shadow: RwLock<Option<Arc<Policy>>>,
+    shadow_agreed: AtomicU64,
+    shadow_disagreed: AtomicU64,
+    reloads_succeeded: AtomicU64,
+    reloads_failed: AtomicU64,
     fetcher: Option<Arc<KeyFetcher>>,
+}
+
+/// How often the shadow policy agreed and disagreed with the enforced one, since start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShadowCounts {
+    /// Requests that both policies allowed or both denied.
+    pub agreed: u64,
+    /// Requests that one policy allowed and the other denied.
+    pub disagreed: u64,
+}
+
+/// How many policy reloads succeeded and failed, since start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReloadCounts {
+    /// Reloads that swapped in the new policies.
+    pub succeeded: u64,
+    /// Reloads that kept at least one old policy because its new version was invalid.
+    pub failed: u64,
+}
+
+/// The outcome of a successful check of a protected method.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Authorized {
+    /// The verified caller.
+    pub identity: Identity,
+    /// How much of the method's data the caller may reach.
+    pub access: Access,
+    /// The rule that allowed the call.
+    pub grant: Grant,
 }
 
 impl fmt::Debug for Guard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Guard")
-            .field("policy", &self.policy)
+            .field("policy", &self.policy())
+            .field("shadow_policy", &self.shadow_policy())
             .finish_non_exhaustive()
     }
 }
@@ -41,7 +81,12 @@ impl Guard {
     pub fn new(verifier: TokenVerifier, policy: Policy) -> Self {
         Guard {
             verifier,
-            policy,
+            policy: RwLock::new(Arc::new(policy)),
+            shadow: RwLock::new(None),
+            shadow_agreed: AtomicU64::new(0),
+            shadow_disagreed: AtomicU64::new(0),
+            reloads_succeeded: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
             fetcher: None,
         }
     }
@@ -53,74 +98,199 @@ impl Guard {
         self
     }
 
-    /// Returns the policy the guard enforces.
-    pub fn policy(&self) -> &Policy {
-        &self.policy
+    /// Returns the policy the guard enforces now.
+    pub fn policy(&self) -> Arc<Policy> {
+        Arc::clone(&self.policy.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Replaces the enforced policy. Requests already being checked finish with the old one.
+    pub fn replace_policy(&self, policy: Policy) {
+        *self.policy.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(policy);
+    }
+
+    /// Returns the shadow policy, if one is set.
+    pub fn shadow_policy(&self) -> Option<Arc<Policy>> {
+        self.shadow
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Sets or removes the shadow policy, whose decisions are logged and counted beside the
+    /// enforced ones but never enforced.
+    pub fn set_shadow_policy(&self, policy: Option<Policy>) {
+        *self.shadow.write().unwrap_or_else(PoisonError::into_inner) = policy.map(Arc::new);
+    }
+
+    /// Returns how often the shadow policy agreed with the enforced one.
+    pub fn shadow_counts(&self) -> ShadowCounts {
+        ShadowCounts {
+            agreed: self.shadow_agreed.load(Ordering::Relaxed),
+            disagreed: self.shadow_disagreed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Counts one reload of the policies, successful or not.
+    pub fn record_reload(&self, succeeded: bool) {
+        let counter = if succeeded {
+            &self.reloads_succeeded
+        } else {
+            &self.reloads_failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Returns how many policy reloads succeeded and failed.
+    pub fn reload_counts(&self) -> ReloadCounts {
+        ReloadCounts {
+            succeeded: self.reloads_succeeded.load(Ordering::Relaxed),
+            failed: self.reloads_failed.load(Ordering::Relaxed),
+        }
     }
 
     /// Decides whether a request for `path` with metadata `headers` may proceed.
     ///
-    /// Returns `Ok(None)` for a public method, and the caller's identity and access for an
-    /// allowed call to a protected one. Fails with `UNAUTHENTICATED` when the bearer token is
-    /// missing or invalid, and with `PERMISSION_DENIED` when the caller's role may not call the
-    /// method or the policy does not name the method.
+    /// Returns `Ok(None)` for a public method, and the caller's identity, access and the rule
+    /// that allowed it for an allowed call to a protected one. Fails with `UNAUTHENTICATED`
+    /// when the bearer token is missing or invalid, and with `PERMISSION_DENIED` when the
+    /// caller's role may not call the method or the policy does not name the method.
     pub async fn check(
         &self,
         path: &str,
         headers: &HeaderMap,
-    ) -> Result<Option<(Identity, Access)>, Status> {
-        let rule = self.policy.rule(path);
+    ) -> Result<Option<Authorized>, Status> {
+        let policy = self.policy();
+        let (outcome, identity) = self.decide(&policy, path, headers).await;
+        if let Some(shadow) = self.shadow_policy() {
+            self.compare_with_shadow(&shadow, path, identity.as_ref(), outcome.is_ok());
+        }
+        outcome
+    }
+
+    /// Decides with `policy`, and returns the verified caller too when there is one, for the
+    /// shadow policy.
+    async fn decide(
+        &self,
+        policy: &Policy,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> (Result<Option<Authorized>, Status>, Option<Identity>) {
+        let rule = policy.rule(path);
         if rule == Rule::Public {
-            return Ok(None);
+            return (Ok(None), None);
         }
 
-        let token = bearer_token(headers).map_err(|error| {
-            tracing::info!(
-                grpc.method = loggable(path),
-                reason = error.as_str(),
-                "request rejected: not authenticated"
-            );
-            rejection::credential_rejected(error)
-        })?;
+        let token = match bearer_token(headers) {
+            Ok(token) => token,
+            Err(error) => {
+                tracing::info!(
+                    grpc.method = loggable(path),
+                    reason = error.as_str(),
+                    "request rejected: not authenticated"
+                );
+                return (Err(rejection::credential_rejected(error)), None);
+            }
+        };
 
-        let identity = Identity::from(self.verify(token).await.map_err(|error| {
-            tracing::info!(
-                grpc.method = loggable(path),
-                reason = error.as_str(),
-                "request rejected: not authenticated"
-            );
-            rejection::token_rejected(error)
-        })?);
+        let identity = match self.verify(token).await {
+            Ok(claims) => Identity::from(claims),
+            Err(error) => {
+                tracing::info!(
+                    grpc.method = loggable(path),
+                    reason = error.as_str(),
+                    "request rejected: not authenticated"
+                );
+                return (Err(rejection::token_rejected(error)), None);
+            }
+        };
 
-        let access = match rule {
-            Rule::Protected(method_rule) => method_rule.access_for(&identity.role),
+        let granted = match rule {
+            Rule::Protected(method_rule) => method_rule
+                .access_for(&identity.role)
+                .map(|access| (access, method_rule)),
             Rule::Public | Rule::Unknown => None,
         };
-        let Some(access) = access else {
-            let reason = if rule == Rule::Unknown {
-                "no_rule"
-            } else {
-                "role_not_allowed"
+        let Some((access, method_rule)) = granted else {
+            let (reason, permission) = match rule {
+                Rule::Protected(method_rule) => ("role_not_allowed", method_rule.permission()),
+                Rule::Public | Rule::Unknown => ("no_rule", ""),
             };
+            // Denials go to the audit log too, with the rule that decided.
             tracing::info!(
+                target: "audit",
+                actor = identity.subject.as_str(),
                 grpc.method = loggable(path),
-                caller = identity.subject.as_str(),
-                caller.role = identity.role.as_str(),
+                actor.role = identity.role.as_str(),
+                action = "call",
+                outcome = "denied",
                 reason,
+                rule.permission = permission,
                 "request denied"
             );
             let message = denial_message(path, &identity, rule);
-            return Err(rejection::access_denied(path, &identity, rule, message));
+            let status = rejection::access_denied(path, &identity, rule, message);
+            return (Err(status), Some(identity));
         };
 
+        let permission = match access {
+            Access::Full => method_rule.permission(),
+            Access::OwnerOnly => method_rule
+                .owner_permission()
+                .unwrap_or(method_rule.permission()),
+        };
+        let grant = Grant {
+            method: path.trim_start_matches('/').to_owned(),
+            permission: permission.to_owned(),
+        };
         tracing::debug!(
             grpc.method = loggable(path),
             caller = identity.subject.as_str(),
             caller.role = identity.role.as_str(),
             ?access,
+            rule.permission = permission,
             "request allowed"
         );
-        Ok(Some((identity, access)))
+        let authorized = Authorized {
+            identity: identity.clone(),
+            access,
+            grant,
+        };
+        (Ok(Some(authorized)), Some(identity))
+    }
+
+    /// Logs and counts what `shadow` would have decided for the request.
+    ///
+    /// Without a verified caller, the shadow policy allows only public methods: the enforced
+    /// policy either did not read the token (its method is public) or rejected it.
+    fn compare_with_shadow(
+        &self,
+        shadow: &Policy,
+        path: &str,
+        identity: Option<&Identity>,
+        enforced_allowed: bool,
+    ) {
+        let shadow_allowed = match shadow.rule(path) {
+            Rule::Public => true,
+            Rule::Protected(rule) => {
+                identity.is_some_and(|identity| rule.access_for(&identity.role).is_some())
+            }
+            Rule::Unknown => false,
+        };
+        let decision = |allowed: bool| if allowed { "allow" } else { "deny" };
+        if shadow_allowed == enforced_allowed {
+            self.shadow_agreed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.shadow_disagreed.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            target: "shadow_policy",
+            caller = identity.map_or("", |identity| identity.subject.as_str()),
+            grpc.method = loggable(path),
+            caller.role = identity.map_or("", |identity| identity.role.as_str()),
+            enforced = decision(enforced_allowed),
+            shadow = decision(shadow_allowed),
+            "shadow policy disagrees with the enforced policy"
+        );
     }
 
     async fn verify(&self, token: &str) -> Result<crate::claims::Claims, TokenError> {
@@ -166,8 +336,8 @@ fn loggable(path: &str) -> &str {
 /// ```
 ///
 /// A rejected request is answered with its gRPC status at once and never reaches the service.
-/// An allowed request to a protected method carries [`Identity`] and [`Access`] in its
-/// extensions.
+/// An allowed request to a protected method carries [`Identity`], [`Access`] and [`Grant`] in
+/// its extensions.
 #[derive(Clone, Debug)]
 pub struct GuardLayer {
     guard: Arc<Guard>,
@@ -222,9 +392,10 @@ where
         Box::pin(async move {
             let path = request.uri().path().to_owned();
             match guard.check(&path, request.headers()).await {
-                Ok(Some((identity, access))) => {
-                    request.extensions_mut().insert(identity);
-                    request.extensions_mut().insert(access);
+                Ok(Some(authorized)) => {
+                    request.extensions_mut().insert(authorized.identity);
+                    request.extensions_mut().insert(authorized.access);
+                    request.extensions_mut().insert(authorized.grant);
                     inner.call(request).await
                 }
                 Ok(None) => inner.call(request).await,

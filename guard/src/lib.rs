@@ -18,9 +18,10 @@ pub mod keys;
 pub mod layer;
 pub mod policy;
 pub mod rejection;
+pub mod reload;
 pub mod remote;
 pub mod verify;
 
-pub use identity::{Access, Identity};
-pub use layer::{Guard, GuardLayer, GuardService};
+pub use identity::{Access, Grant, Identity};
+pub use layer::{Authorized, Guard, GuardLayer, GuardService, ReloadCounts, ShadowCounts};
 pub use policy::Policy;

@@ -95,6 +95,10 @@ pub enum PolicyError {
         /// The line of the role.
         line: usize,
     },
+    /// The descriptors of the served services, which the policy is checked against, could not
+    /// be decoded.
+    #[error("failed to decode the descriptors of the served services")]
+    Descriptor(#[source] prost::DecodeError),
     /// A method named by the policy is not served by the service that loads it.
     #[error("invalid policy, line {line}: method {method} is not served by this service")]
     UnknownMethod {
