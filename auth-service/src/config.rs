@@ -15,6 +15,13 @@ use crate::users::validate_username;
 /// password never appears in a process listing.
 pub const BOOTSTRAP_ADMIN_PASSWORD_ENV: &str = "AUTH_BOOTSTRAP_ADMIN_PASSWORD";
 
+/// The environment variable with the admin access token that `user --server` sends. It has no
+/// flag, so the token never appears in a process listing.
+pub const ADMIN_TOKEN_ENV: &str = "AUTH_ADMIN_TOKEN";
+
+/// The authorization policy used when `--policy` is not given.
+pub const DEFAULT_POLICY: &str = include_str!("../policy.toml");
+
 /// The environment variable that `user add` reads the password from before trying stdin.
 pub const USER_PASSWORD_ENV: &str = "AUTH_USER_PASSWORD";
 
@@ -98,6 +105,16 @@ pub struct Config {
     #[arg(long, env = "AUTH_HASH_CONCURRENCY", global = true)]
     pub hash_concurrency: Option<usize>,
 
+    /// TOML file with the authorization policy of UserService and the other methods; the
+    /// built-in policy is used when absent. SIGHUP reloads it.
+    #[arg(long, env = "AUTH_POLICY", value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+
+    /// TOML file with a policy to evaluate beside the enforced one without enforcing it: its
+    /// decisions that differ are logged. SIGHUP reloads it.
+    #[arg(long, env = "AUTH_SHADOW_POLICY", value_name = "FILE")]
+    pub shadow_policy: Option<PathBuf>,
+
     /// Log output format.
     #[arg(long, env = "AUTH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -135,8 +152,14 @@ pub struct Config {
 pub enum Command {
     /// Run the gRPC server (the default).
     Serve,
-    /// Manage user accounts offline (fails while a server has the data directory open).
+    /// Manage user accounts: offline in the data directory (fails while a server has it open),
+    /// or online through a running server with --server.
     User {
+        /// URL of a running auth-service, such as http://127.0.0.1:50051, to manage users
+        /// through UserService with the admin token in AUTH_ADMIN_TOKEN. Without it the data
+        /// directory is opened directly.
+        #[arg(long, env = "AUTH_SERVER", value_name = "URL")]
+        server: Option<String>,
         /// The user operation.
         #[command(subcommand)]
         command: UserCommand,
@@ -164,6 +187,25 @@ pub enum UserCommand {
     },
     /// Allow logins by a disabled user again.
     Enable {
+        /// The username.
+        name: String,
+    },
+    /// Change the role copied into the user's future tokens.
+    SetRole {
+        /// The username.
+        name: String,
+        /// The new role.
+        #[arg(long, value_enum)]
+        role: Role,
+    },
+    /// Delete a user. The last enabled admin cannot be deleted.
+    Delete {
+        /// The username.
+        name: String,
+    },
+    /// Set a new password for a user, read from AUTH_USER_PASSWORD if set, otherwise from the
+    /// first line of stdin.
+    ResetPassword {
         /// The username.
         name: String,
     },
@@ -297,10 +339,12 @@ impl Config {
                         "must be 1 to 64 bytes",
                     ));
                 }
-                if password.validate().is_err() {
+                if let Err(Error::InvalidArgument { reason, .. }) =
+                    password.validate_new("password")
+                {
                     return Err(Error::InvalidConfig {
                         setting: BOOTSTRAP_ADMIN_PASSWORD_ENV.to_owned(),
-                        reason: "must be 1 to 1024 bytes".to_owned(),
+                        reason: reason.to_owned(),
                     });
                 }
                 Ok(())
@@ -385,6 +429,7 @@ mod tests {
 
         let Some(Command::User {
             command: UserCommand::Add { name, role },
+            ..
         }) = config.command
         else {
             panic!("expected user add, got {:?}", config.command);
@@ -447,7 +492,10 @@ mod tests {
         let mut config = parse(&["--bootstrap-admin-username", "root"])?;
         assert!(config.validate().is_err());
 
-        config.bootstrap_admin_password = Some(Password::new("pw".into()));
+        config.bootstrap_admin_password = Some(Password::new("password".into()));
+        assert!(config.validate().is_err(), "a common password was accepted");
+
+        config.bootstrap_admin_password = Some(Password::new("bootstrap-admin-pw".into()));
         assert!(config.validate().is_ok());
 
         config.bootstrap_admin_username = None;

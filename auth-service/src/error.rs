@@ -24,8 +24,17 @@ pub const USER_EXISTS: &str = "USER_EXISTS";
 /// `ErrorInfo.reason` when the named user does not exist.
 pub const USER_NOT_FOUND: &str = "USER_NOT_FOUND";
 
+/// `ErrorInfo.reason` when a change would leave no enabled admin.
+pub const LAST_ADMIN: &str = "LAST_ADMIN";
+/// `ErrorInfo.reason` when a service account to be created already exists.
+pub const SERVICE_ACCOUNT_EXISTS: &str = "SERVICE_ACCOUNT_EXISTS";
+/// `ErrorInfo.reason` when a service account asks for a token for an audience it may not use.
+pub const AUDIENCE_NOT_ALLOWED: &str = "AUDIENCE_NOT_ALLOWED";
+
 /// `ResourceInfo.resource_type` of a user account.
 const USER_RESOURCE: &str = "user";
+/// `ResourceInfo.resource_type` of a service account.
+const SERVICE_ACCOUNT_RESOURCE: &str = "service_account";
 
 /// Exit code for a configuration or usage error (`EX_USAGE` from BSD `sysexits.h`).
 pub const EXIT_USAGE: u8 = 64;
@@ -69,6 +78,57 @@ pub enum Error {
     /// No user has this name.
     #[error("user {0:?} not found")]
     UserNotFound(String),
+
+    /// The change would leave no enabled admin: the named user is the last one.
+    #[error("user {0:?} is the last enabled admin; make another user admin first")]
+    LastAdmin(String),
+
+    /// A service account with this name or client id already exists.
+    #[error("service account {0:?} already exists")]
+    ServiceAccountExists(String),
+
+    /// A service account asked for a token for an audience it was not created with.
+    #[error("service account may not request tokens for audience {audience:?}")]
+    AudienceNotAllowed {
+        /// The requested audience.
+        audience: String,
+    },
+
+    /// The authorization policy is invalid or does not fit the served methods; the message
+    /// names the line.
+    #[error("invalid policy in {origin}")]
+    InvalidPolicy {
+        /// The policy file, or "built-in policy".
+        origin: String,
+        /// The problem.
+        #[source]
+        source: school_guard::policy::PolicyError,
+    },
+
+    /// A handler of a protected method found no caller identity in the request, which means
+    /// the guard layer is missing in front of it.
+    #[error("request reached a protected handler without a verified caller")]
+    MissingIdentity,
+
+    /// A running auth-service rejected a call of the `user --server` subcommands. The message is
+    /// the server's, so the output matches that of the offline command.
+    #[error("{message}")]
+    Remote {
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// The status message.
+        message: String,
+    },
+
+    /// The `user --server` subcommands could not connect to the server.
+    #[error("failed to connect to auth-service at {url}")]
+    Connect {
+        /// The server URL.
+        url: String,
+        /// The cause.
+        #[source]
+        source: tonic::transport::Error,
+    },
 
     /// Another process holds the lock on the data directory.
     #[error(
@@ -178,7 +238,13 @@ impl Error {
     /// argument errors, [`EXIT_FAILURE`] otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::InvalidConfig { .. } | Self::InvalidArgument { .. } => EXIT_USAGE,
+            Self::InvalidConfig { .. }
+            | Self::InvalidArgument { .. }
+            | Self::InvalidPolicy { .. }
+            | Self::Remote {
+                code: tonic::Code::InvalidArgument,
+                ..
+            } => EXIT_USAGE,
             _ => EXIT_FAILURE,
         }
     }
@@ -223,8 +289,36 @@ impl From<Error> for Status {
                 details.set_error_info(USER_NOT_FOUND, DOMAIN, HashMap::new());
                 Status::with_error_details(Code::NotFound, error.to_string(), details)
             }
+            Error::LastAdmin(ref username) => {
+                let mut details = ErrorDetails::with_precondition_failure_violation(
+                    LAST_ADMIN,
+                    format!("user/{username}"),
+                    "at least one enabled admin must remain",
+                );
+                details.set_error_info(LAST_ADMIN, DOMAIN, HashMap::new());
+                Status::with_error_details(Code::FailedPrecondition, error.to_string(), details)
+            }
+            Error::ServiceAccountExists(ref name) => {
+                let mut details =
+                    ErrorDetails::with_resource_info(SERVICE_ACCOUNT_RESOURCE, name, "", "");
+                details.set_error_info(SERVICE_ACCOUNT_EXISTS, DOMAIN, HashMap::new());
+                Status::with_error_details(Code::AlreadyExists, error.to_string(), details)
+            }
+            Error::AudienceNotAllowed { ref audience } => Status::with_error_details(
+                Code::PermissionDenied,
+                error.to_string(),
+                ErrorDetails::with_error_info(
+                    AUDIENCE_NOT_ALLOWED,
+                    DOMAIN,
+                    HashMap::from([("audience".to_owned(), audience.clone())]),
+                ),
+            ),
             Error::Overloaded => Status::resource_exhausted(error.to_string()),
             Error::InvalidConfig { .. }
+            | Error::InvalidPolicy { .. }
+            | Error::MissingIdentity
+            | Error::Remote { .. }
+            | Error::Connect { .. }
             | Error::DataDirLocked { .. }
             | Error::OpenDataDir { .. }
             | Error::Storage { .. }
@@ -287,6 +381,17 @@ mod tests {
             ),
             (Error::UserExists("ann".to_owned()), USER_EXISTS),
             (Error::UserNotFound("ann".to_owned()), USER_NOT_FOUND),
+            (Error::LastAdmin("ann".to_owned()), LAST_ADMIN),
+            (
+                Error::ServiceAccountExists("svc".to_owned()),
+                SERVICE_ACCOUNT_EXISTS,
+            ),
+            (
+                Error::AudienceNotAllowed {
+                    audience: "x".to_owned(),
+                },
+                AUDIENCE_NOT_ALLOWED,
+            ),
         ];
         for (error, reason) in cases {
             let status = Status::from(error);

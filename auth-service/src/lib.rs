@@ -4,6 +4,7 @@
 //! [`bind`] opens storage and binds the listener, so tests can bind port 0 and read the real
 //! address before calling [`BoundServer::serve`].
 
+pub mod accounts;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod service;
 pub mod store;
 pub mod telemetry;
 pub mod tokens;
+pub mod user_service;
 pub mod users;
 
 pub use config::Config;

@@ -1,9 +1,9 @@
 //! The `auth-service` binary: `serve` (the default) runs the gRPC server, and `user` manages
-//! accounts offline.
+//! accounts, offline or through a running server.
 
 use std::process::ExitCode;
 
-use auth_service::config::{BOOTSTRAP_ADMIN_PASSWORD_ENV, Command};
+use auth_service::config::{ADMIN_TOKEN_ENV, BOOTSTRAP_ADMIN_PASSWORD_ENV, Command};
 use auth_service::error::EXIT_USAGE;
 use auth_service::password::Password;
 use auth_service::{Config, Error};
@@ -38,10 +38,17 @@ async fn main() -> ExitCode {
 async fn run(mut config: Config) -> Result<(), Error> {
     config.validate()?;
 
-    if let Some(Command::User { command }) = config.command.take() {
+    if let Some(Command::User { server, command }) = config.command.take() {
         let stdin = std::io::stdin().lock();
-        return auth_service::cli::run_user_command(&config, command, stdin, std::io::stdout())
-            .await;
+        let stdout = std::io::stdout();
+        return match server {
+            Some(url) => {
+                let token = std::env::var(ADMIN_TOKEN_ENV).ok().map(Password::new);
+                auth_service::cli::run_user_command_online(&url, token, command, stdin, stdout)
+                    .await
+            }
+            None => auth_service::cli::run_user_command(&config, command, stdin, stdout).await,
+        };
     }
 
     let shutdown = auth_service::server::shutdown_signal()?;

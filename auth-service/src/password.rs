@@ -1,8 +1,9 @@
 //! Argon2id password hashing, run off the async runtime with bounded concurrency.
 
+use std::collections::HashSet;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -13,6 +14,19 @@ use crate::error::Error;
 
 /// The longest accepted password, in bytes of UTF-8.
 pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// The shortest accepted new password, in Unicode characters. NIST SP 800-63B (section 5.1.1.1)
+/// sets 8 as the minimum for passwords that users choose.
+pub const MIN_NEW_PASSWORD_CHARS: usize = 8;
+
+/// Passwords too common to accept as new ones, one per line, compared in lower case.
+static COMMON_PASSWORDS: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
+    include_str!("../common-passwords.txt")
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .collect()
+});
 
 /// Salt length in bytes; 16 is the length RFC 9106 recommends.
 const SALT_BYTES: usize = 16;
@@ -44,6 +58,29 @@ impl Password {
                 field: "password",
                 reason: "must be 1 to 1024 bytes",
             });
+        }
+        Ok(())
+    }
+}
+
+impl Password {
+    /// Checks a password that is about to be set, following NIST SP 800-63B: at least
+    /// [`MIN_NEW_PASSWORD_CHARS`] characters, at most [`MAX_PASSWORD_BYTES`] bytes, and not on
+    /// the project's list of common passwords (`common-passwords.txt`, compared without regard
+    /// to case). There are no composition rules. `field` names the password in the error.
+    ///
+    /// Existing passwords are checked at login with [`Password::validate`] only, so a user
+    /// whose password predates these rules can still log in and change it.
+    pub fn validate_new(&self, field: &'static str) -> Result<(), Error> {
+        let invalid = |reason| Err(Error::InvalidArgument { field, reason });
+        if self.0.len() > MAX_PASSWORD_BYTES {
+            return invalid("must be at most 1024 bytes");
+        }
+        if self.0.chars().count() < MIN_NEW_PASSWORD_CHARS {
+            return invalid("must be at least 8 characters");
+        }
+        if COMMON_PASSWORDS.contains(self.0.to_lowercase().as_str()) {
+            return invalid("is too common; choose a longer or less predictable password");
         }
         Ok(())
     }
@@ -263,6 +300,45 @@ fn base64_encode(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_passwords_follow_nist_rules() {
+        let rejected = [
+            ("", "must be at least 8 characters"),
+            ("seven77", "must be at least 8 characters"),
+            ("password", "is too common"),
+            ("PassWord1", "is too common"),
+            ("qwertyuiop", "is too common"),
+        ];
+        for (text, reason) in rejected {
+            let checked = Password::new(text.to_owned()).validate_new("password");
+            let message = checked
+                .err()
+                .map(|error| error.to_string())
+                .unwrap_or_default();
+            assert!(message.contains(reason), "{text:?} gave {message:?}");
+        }
+        let too_long = Password::new("x".repeat(MAX_PASSWORD_BYTES + 1));
+        assert!(too_long.validate_new("password").is_err());
+
+        // Length decides, not composition: lower-case words and multi-byte text pass.
+        for text in [
+            "correct horse battery staple",
+            "eightchr",
+            "ünïcödé!",
+            &"x".repeat(MAX_PASSWORD_BYTES),
+        ] {
+            let checked = Password::new(text.to_owned()).validate_new("password");
+            assert!(checked.is_ok(), "{text:?} was rejected");
+        }
+    }
+
+    #[test]
+    fn common_password_list_is_loaded() {
+        assert!(COMMON_PASSWORDS.len() > 300);
+        assert!(COMMON_PASSWORDS.contains("iloveyou"));
+        assert!(!COMMON_PASSWORDS.iter().any(|entry| entry.starts_with('#')));
+    }
 
     /// Cheap parameters so the tests run fast; the production defaults are tested separately.
     fn test_params() -> HashParams {

@@ -4,9 +4,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use school_guard::reload::{PolicySource, reload_on_sighup, served_methods};
 use school_guard::verify::{TokenVerifier, VerifierConfig};
+use school_guard::{Guard, GuardLayer, Policy};
 use school_ops::{ConcurrencyLimitLayer, MetricsEndpoint};
 use school_proto::auth::v1::auth_service_server::AuthServiceServer;
+use school_proto::auth::v1::user_service_server::UserServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
@@ -19,10 +22,14 @@ use crate::password::PasswordHasher;
 use crate::service::AuthApi;
 use crate::store::SledStore;
 use crate::tokens::TokenIssuer;
+use crate::user_service::UserApi;
 use crate::users::Users;
 
 /// The gRPC service name, as health checks and reflection report it.
 pub const SERVICE_NAME: &str = "school.auth.v1.AuthService";
+
+/// The name of the user management service, which health and reflection report too.
+pub const USER_SERVICE_NAME: &str = "school.auth.v1.UserService";
 
 /// The largest request message accepted, in bytes. Requests carry at most a 1 KiB password or
 /// an 8 KiB token, so anything near this size is hostile.
@@ -36,6 +43,9 @@ pub struct BoundServer {
     store: SledStore,
     users: Users,
     api: AuthApi,
+    guard: Arc<Guard>,
+    policy_source: PolicySource,
+    shadow_source: Option<PolicySource>,
     metrics: ServiceMetrics,
     metrics_endpoint: Option<MetricsEndpoint>,
     max_concurrent_requests: usize,
@@ -57,6 +67,9 @@ pub async fn open_users(config: &Config) -> Result<(SledStore, Users), Error> {
 /// directory open, and with [`Error::InvalidConfig`] before touching anything if a setting is invalid.
 pub async fn bind(config: Config) -> Result<BoundServer, Error> {
     config.validate()?;
+    let (policy_source, shadow_source) = policy_sources(&config)?;
+    let policy = load_policy(&policy_source)?;
+    let shadow_policy = shadow_source.as_ref().map(load_policy).transpose()?;
 
     let (store, users) = open_users(&config).await?;
     let keys = Arc::new(KeyRing::load_or_create(&store).await?);
@@ -76,6 +89,9 @@ pub async fn bind(config: Config) -> Result<BoundServer, Error> {
             leeway: config.leeway(),
         },
     );
+    // The guard verifies with this service's own keys, so it needs no key fetch.
+    let guard = Arc::new(Guard::new(verifier.clone(), policy));
+    guard.set_shadow_policy(shadow_policy);
     let api = AuthApi::new(users.clone(), issuer, verifier, &keys);
 
     let metrics = ServiceMetrics::new(&store);
@@ -105,6 +121,9 @@ pub async fn bind(config: Config) -> Result<BoundServer, Error> {
         store,
         users,
         api,
+        guard,
+        policy_source,
+        shadow_source,
         metrics,
         metrics_endpoint,
         max_concurrent_requests: usize::try_from(config.max_concurrent_requests)
@@ -136,6 +155,11 @@ impl BoundServer {
         self.local_addr
     }
 
+    /// Returns the guard in front of every service, to read its policies and shadow counts.
+    pub fn guard(&self) -> Arc<Guard> {
+        Arc::clone(&self.guard)
+    }
+
     /// Returns a handle to the user accounts of this server's store.
     pub fn users(&self) -> Users {
         self.users.clone()
@@ -151,14 +175,25 @@ impl BoundServer {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
         let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_service_status(SERVICE_NAME, ServingStatus::Serving)
-            .await;
+        for name in [SERVICE_NAME, USER_SERVICE_NAME] {
+            health.set_service_status(name, ServingStatus::Serving).await;
+        }
         let reflection_v1 = reflection_builder().build_v1().map_err(Error::Reflection)?;
         let reflection_v1alpha = reflection_builder()
             .build_v1alpha()
             .map_err(Error::Reflection)?;
         let auth = AuthServiceServer::new(self.api).max_decoding_message_size(MAX_REQUEST_BYTES);
+        let user_admin = UserServiceServer::new(UserApi::new(self.users.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES);
+        let reload = reload_on_sighup(
+            Arc::clone(&self.guard),
+            self.policy_source,
+            self.shadow_source,
+        )
+        .map_err(|source| Error::Io {
+            operation: "install SIGHUP handler",
+            source,
+        })?;
 
         let metrics_task = self.metrics_endpoint.map(|endpoint| {
             tracing::info!(metrics.addr = %endpoint.local_addr(), "metrics endpoint listening");
@@ -171,26 +206,29 @@ impl BoundServer {
         let shutdown = async move {
             shutdown.await;
             tracing::info!("shutdown requested; finishing in-flight requests");
-            for name in ["", SERVICE_NAME] {
+            for name in ["", SERVICE_NAME, USER_SERVICE_NAME] {
                 health
                     .set_service_status(name, ServingStatus::NotServing)
                     .await;
             }
         };
         let served = tonic::transport::Server::builder()
-            // Outermost first: metrics see shed requests too.
+            // Outermost first: metrics see shed requests and guard rejections too.
             .layer(self.metrics.metrics.layer())
             .layer(ConcurrencyLimitLayer::new(
                 self.max_concurrent_requests,
                 self.metrics.shed.clone(),
             ))
+            .layer(GuardLayer::new(Arc::clone(&self.guard)))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(auth)
+            .add_service(user_admin)
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await
             .map_err(Error::Transport);
+        reload.abort();
         if let Some(metrics_task) = metrics_task {
             metrics_task.abort();
         }
@@ -209,9 +247,52 @@ fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
         .with_service_name(SERVICE_NAME)
+        .with_service_name(USER_SERVICE_NAME)
         .with_service_name("grpc.health.v1.Health")
         .with_service_name("grpc.reflection.v1.ServerReflection")
         .with_service_name("grpc.reflection.v1alpha.ServerReflection")
+}
+
+/// Returns the sources of the enforced and the shadow policy, checked against the methods this
+/// server serves. Reflection counts as served even with `--reflection off`, so that one policy
+/// fits both settings.
+fn policy_sources(config: &Config) -> Result<(PolicySource, Option<PolicySource>), Error> {
+    let served = served_methods(
+        &[
+            school_proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ],
+        &[
+            SERVICE_NAME,
+            USER_SERVICE_NAME,
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ],
+    )
+    .map_err(|source| Error::InvalidPolicy {
+        origin: "service descriptors".to_owned(),
+        source,
+    })?;
+    let served = Arc::new(served);
+    let enforced = match &config.policy {
+        Some(path) => PolicySource::file(path.clone(), Arc::clone(&served)),
+        None => PolicySource::built_in(crate::config::DEFAULT_POLICY, Arc::clone(&served)),
+    };
+    let shadow = config
+        .shadow_policy
+        .as_ref()
+        .map(|path| PolicySource::file(path.clone(), served));
+    Ok((enforced, shadow))
+}
+
+fn load_policy(source: &PolicySource) -> Result<Policy, Error> {
+    source.load().map_err(|error| Error::InvalidPolicy {
+        origin: source.describe(),
+        source: error,
+    })
 }
 
 /// Returns a future that completes on the first SIGINT or SIGTERM. The handlers are installed

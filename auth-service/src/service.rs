@@ -6,8 +6,9 @@ use school_guard::keys::{ALGORITHM_NAME, CURVE_NAME, jwks_json};
 use school_guard::verify::{MAX_TOKEN_LEN, TokenVerifier};
 use school_proto::auth::v1::auth_service_server::AuthService;
 use school_proto::auth::v1::{
-    ListPublicKeysRequest, ListPublicKeysResponse, LoginRequest, LoginResponse, PublicKey,
-    TokenInvalidReason, ValidateTokenRequest, ValidateTokenResponse,
+    IssueServiceTokenRequest, IssueServiceTokenResponse, ListPublicKeysRequest,
+    ListPublicKeysResponse, LoginRequest, LoginResponse, PublicKey, TokenInvalidReason,
+    ValidateTokenRequest, ValidateTokenResponse,
 };
 use tonic::{Request, Response, Status};
 use tracing::field;
@@ -77,6 +78,40 @@ impl AuthApi {
         })
     }
 
+    async fn issue_for_service_account(
+        &self,
+        request: IssueServiceTokenRequest,
+    ) -> Result<IssueServiceTokenResponse, Error> {
+        let IssueServiceTokenRequest {
+            client_id,
+            client_secret,
+            audience,
+        } = request;
+        if audience.is_empty() {
+            return Err(Error::InvalidArgument {
+                field: "audience",
+                reason: "must name the service the token is for",
+            });
+        }
+        tracing::Span::current().record("client.id", client_id.as_str());
+
+        // TODO: no rate limit against guessing client secrets, as for Login.
+        let account = self
+            .users
+            .authenticate_service(&client_id, Password::new(client_secret), &audience)
+            .await?;
+        let issued = self
+            .issuer
+            .issue_for_service(&account.client_id, &audience)?;
+        tracing::info!(token.id = %issued.token_id, audience, "service token issued");
+
+        Ok(IssueServiceTokenResponse {
+            access_token: issued.access_token,
+            token_type: TOKEN_TYPE.to_owned(),
+            expires_in: issued.expires_in,
+        })
+    }
+
     fn introspect(&self, token: &str) -> ValidateTokenResponse {
         // The verifier applies the same limit; checking here skips even its first steps.
         if token.len() > MAX_TOKEN_LEN {
@@ -136,6 +171,19 @@ impl AuthService for AuthApi {
         let token = request.into_inner().token;
 
         Ok(Response::new(self.introspect(&token)))
+    }
+
+    /// Returns INVALID_ARGUMENT for an empty or oversized field, UNAUTHENTICATED with the same
+    /// message for an unknown client id and a wrong secret, and PERMISSION_DENIED for an
+    /// audience the account may not use.
+    #[tracing::instrument(skip_all, fields(rpc.method = "IssueServiceToken", client.id = field::Empty))]
+    async fn issue_service_token(
+        &self,
+        request: Request<IssueServiceTokenRequest>,
+    ) -> Result<Response<IssueServiceTokenResponse>, Status> {
+        let issued = self.issue_for_service_account(request.into_inner()).await?;
+
+        Ok(Response::new(issued))
     }
 
     #[tracing::instrument(skip_all, fields(rpc.method = "ListPublicKeys"))]

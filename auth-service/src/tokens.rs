@@ -13,6 +13,9 @@ use crate::error::Error;
 use crate::keys::KeyRing;
 use crate::role::Role;
 
+/// The `role` claim of every token issued to a service account.
+pub const SERVICE_ROLE: &str = "service";
+
 /// A freshly signed access token. `Debug` prints `[redacted]` in place of the token.
 pub struct IssuedToken {
     /// The compact JWT.
@@ -57,12 +60,28 @@ impl TokenIssuer {
     /// Issues a token for the user with `sub`, `role`, `iss`, `aud`, `iat` = `nbf` = now,
     /// `exp` = now + TTL and a random UUID v4 as `jti`.
     pub fn issue(&self, username: &str, role: Role) -> Result<IssuedToken, Error> {
+        self.issue_claims(username, role.as_str(), &self.audience)
+    }
+
+    /// Issues a token for a service account: `sub` is its client id, `role` is
+    /// [`SERVICE_ROLE`] and `aud` is `audience` alone, so that only the service that checks
+    /// that audience accepts it.
+    pub fn issue_for_service(&self, client_id: &str, audience: &str) -> Result<IssuedToken, Error> {
+        self.issue_claims(client_id, SERVICE_ROLE, audience)
+    }
+
+    fn issue_claims(
+        &self,
+        subject: &str,
+        role: &str,
+        audience: &str,
+    ) -> Result<IssuedToken, Error> {
         let now = unix_now();
         let claims = Claims {
-            sub: username.to_owned(),
-            role: role.to_string(),
+            sub: subject.to_owned(),
+            role: role.to_owned(),
             iss: self.issuer.clone(),
-            aud: Audience::from(self.audience.clone()),
+            aud: Audience::from(audience),
             iat: now,
             nbf: now,
             exp: now.saturating_add(self.ttl_secs),

@@ -1,4 +1,5 @@
-//! User accounts: creation, enabling and disabling, and password checks.
+//! User accounts: creation, listing and password checks. Changes to existing accounts are in
+//! [`crate::accounts`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -7,7 +8,7 @@ use crate::clock::unix_now;
 use crate::error::Error;
 use crate::password::{Password, PasswordHasher};
 use crate::role::Role;
-use crate::store::{UserRecord, UserStore};
+use crate::store::{AccountStore, UserRecord};
 
 /// The longest accepted username, in bytes of UTF-8.
 pub const MAX_USERNAME_BYTES: usize = 64;
@@ -25,12 +26,26 @@ pub struct UserSummary {
     pub created_at: i64,
 }
 
+impl From<UserRecord> for UserSummary {
+    fn from(user: UserRecord) -> Self {
+        UserSummary {
+            username: user.username,
+            role: user.role,
+            disabled: user.disabled,
+            created_at: user.created_at,
+        }
+    }
+}
+
 /// A cloneable handle to the user accounts, shared by the gRPC service, the bootstrap step,
 /// the `user` subcommands and tests.
 #[derive(Clone)]
 pub struct Users {
-    store: Arc<dyn UserStore>,
-    hasher: PasswordHasher,
+    pub(crate) store: Arc<dyn AccountStore>,
+    pub(crate) hasher: PasswordHasher,
+    /// Held by every change that can affect who is an enabled admin, so that the last-admin
+    /// check and the change cannot interleave with another such change.
+    pub(crate) admin_changes: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl fmt::Debug for Users {
@@ -43,20 +58,24 @@ impl fmt::Debug for Users {
 
 impl Users {
     /// Creates a handle over a store, hashing passwords with `hasher`.
-    pub fn new(store: Arc<dyn UserStore>, hasher: PasswordHasher) -> Self {
-        Self { store, hasher }
+    pub fn new(store: Arc<dyn AccountStore>, hasher: PasswordHasher) -> Self {
+        Self {
+            store,
+            hasher,
+            admin_changes: Arc::new(tokio::sync::Mutex::new(())),
+        }
     }
 
     /// Creates an enabled user, failing with [`Error::UserExists`] if the name is taken.
     ///
     /// The username must be 1 to 64 bytes without whitespace or control characters, and the
-    /// password 1 to 1024 bytes; otherwise the error is [`Error::InvalidArgument`].
-    // TODO: no password strength policy beyond the length limits.
+    /// password must pass [`Password::validate_new`]; otherwise the error is
+    /// [`Error::InvalidArgument`].
     #[tracing::instrument(skip_all, fields(user.name = %username, user.role = %role))]
     pub async fn create(&self, username: &str, password: &str, role: Role) -> Result<(), Error> {
         validate_new_username(username)?;
         let password = Password::new(password.to_owned());
-        password.validate()?;
+        password.validate_new("password")?;
 
         let password_hash = self.hasher.hash(password).await?;
         let user = UserRecord {
@@ -72,28 +91,10 @@ impl Users {
         Ok(())
     }
 
-    /// Disables or re-enables login for a user, failing with [`Error::UserNotFound`].
-    /// Tokens issued before a user is disabled stay valid until they expire.
-    #[tracing::instrument(skip_all, fields(user.name = %username, user.disabled = disabled))]
-    pub async fn set_disabled(&self, username: &str, disabled: bool) -> Result<(), Error> {
-        self.store.set_disabled(username, disabled).await?;
-
-        tracing::info!("user status changed");
-        Ok(())
-    }
-
     /// Returns every user, ordered by username bytes.
     pub async fn list(&self) -> Result<Vec<UserSummary>, Error> {
         let users = self.store.list().await?;
-        Ok(users
-            .into_iter()
-            .map(|user| UserSummary {
-                username: user.username,
-                role: user.role,
-                disabled: user.disabled,
-                created_at: user.created_at,
-            })
-            .collect())
+        Ok(users.into_iter().map(UserSummary::from).collect())
     }
 
     /// Creates the user as admin unless a user with that name exists; returns whether it was
@@ -140,6 +141,7 @@ impl Users {
             }
         }
     }
+
 }
 
 /// Checks the length limits of the proto contract: 1 to [`MAX_USERNAME_BYTES`] bytes.
@@ -155,7 +157,7 @@ pub fn validate_username(username: &str) -> Result<(), Error> {
 
 /// Checks a name for a new account: the length limits, and no whitespace or control
 /// characters, which would make names look alike in logs and listings.
-fn validate_new_username(username: &str) -> Result<(), Error> {
+pub(crate) fn validate_new_username(username: &str) -> Result<(), Error> {
     validate_username(username)?;
     if username
         .chars()
@@ -191,9 +193,9 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let users = users(dir.path()).await?;
 
-        users.create("alice", "s3cret", Role::Teacher).await?;
+        users.create("alice", "s3cret-pass", Role::Teacher).await?;
         let role = users
-            .authenticate("alice", Password::new("s3cret".into()))
+            .authenticate("alice", Password::new("s3cret-pass".into()))
             .await?;
 
         assert_eq!(role, Role::Teacher);
@@ -204,18 +206,18 @@ mod tests {
     async fn authenticate_failures_look_alike() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let users = users(dir.path()).await?;
-        users.create("alice", "s3cret", Role::Student).await?;
-        users.create("bob", "s3cret", Role::Student).await?;
+        users.create("alice", "s3cret-pass", Role::Student).await?;
+        users.create("bob", "s3cret-pass", Role::Student).await?;
         users.set_disabled("bob", true).await?;
 
         let wrong_password = users
-            .authenticate("alice", Password::new("nope".into()))
+            .authenticate("alice", Password::new("nope-nope".into()))
             .await;
         let unknown_user = users
-            .authenticate("carol", Password::new("s3cret".into()))
+            .authenticate("carol", Password::new("s3cret-pass".into()))
             .await;
         let disabled = users
-            .authenticate("bob", Password::new("s3cret".into()))
+            .authenticate("bob", Password::new("s3cret-pass".into()))
             .await;
 
         assert!(matches!(wrong_password, Err(Error::InvalidCredentials)));
@@ -228,14 +230,14 @@ mod tests {
     async fn reenabled_user_can_log_in() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let users = users(dir.path()).await?;
-        users.create("alice", "s3cret", Role::Admin).await?;
+        users.create("alice", "s3cret-pass", Role::Teacher).await?;
 
         users.set_disabled("alice", true).await?;
         users.set_disabled("alice", false).await?;
 
         assert!(
             users
-                .authenticate("alice", Password::new("s3cret".into()))
+                .authenticate("alice", Password::new("s3cret-pass".into()))
                 .await
                 .is_ok()
         );
@@ -248,7 +250,7 @@ mod tests {
         let users = users(dir.path()).await?;
 
         for name in ["", "two words", "tab\there", &"x".repeat(65)] {
-            let created = users.create(name, "pw", Role::Student).await;
+            let created = users.create(name, "pw-long-enough", Role::Student).await;
             assert!(
                 matches!(
                     created,
@@ -262,7 +264,7 @@ mod tests {
         }
         assert!(
             users
-                .create(&"x".repeat(64), "pw", Role::Student)
+                .create(&"x".repeat(64), "pw-long-enough", Role::Student)
                 .await
                 .is_ok()
         );
@@ -273,15 +275,15 @@ mod tests {
     async fn ensure_admin_keeps_existing_user() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let users = users(dir.path()).await?;
-        users.create("root", "original", Role::Teacher).await?;
+        users.create("root", "original-pw", Role::Teacher).await?;
 
         let created = users
-            .ensure_admin("root", &Password::new("other".into()))
+            .ensure_admin("root", &Password::new("other-pw".into()))
             .await?;
 
         assert!(!created);
         let role = users
-            .authenticate("root", Password::new("original".into()))
+            .authenticate("root", Password::new("original-pw".into()))
             .await?;
         assert_eq!(role, Role::Teacher);
         Ok(())
@@ -293,7 +295,7 @@ mod tests {
         let users = users(dir.path()).await?;
 
         let created = users
-            .ensure_admin("root", &Password::new("pw".into()))
+            .ensure_admin("root", &Password::new("pw-long-enough".into()))
             .await?;
 
         assert!(created);

@@ -108,7 +108,7 @@ async fn user_disable_then_list() {
     let add = |name: &'static str, role: &'static str| {
         run(
             auth_service(dir.path(), &["user", "add", name, "--role", role]),
-            "pw\n",
+            "long enough pw\n",
         )
     };
     assert!(add("alice", "admin").await.status.success());
@@ -130,13 +130,13 @@ async fn user_add_existing_name_fails() {
     let dir = tempfile::tempdir().unwrap();
     let first = run(
         auth_service(dir.path(), &["user", "add", "alice", "--role", "admin"]),
-        "pw\n",
+        "long enough pw\n",
     )
     .await;
 
     let second = run(
         auth_service(dir.path(), &["user", "add", "alice", "--role", "student"]),
-        "pw\n",
+        "long enough pw\n",
     )
     .await;
 
@@ -262,5 +262,148 @@ async fn serve_stops_cleanly_on_sigterm() {
     assert_eq!(users.len(), 1);
     assert_eq!(users[0].username, "root");
     assert_eq!(users[0].role, Role::Admin);
+    server.stop().await;
+}
+
+/// One step of the `user` command sequence: its arguments and standard input.
+const USER_STEPS: [(&[&str], &str); 11] = [
+    (
+        &["add", "bob", "--role", "student"],
+        "bob's first password\n",
+    ),
+    (&["list"], ""),
+    (&["disable", "bob"], ""),
+    (&["enable", "bob"], ""),
+    (&["set-role", "bob", "--role", "teacher"], ""),
+    (&["reset-password", "bob"], "bob's second password\n"),
+    (&["list"], ""),
+    (&["delete", "bob"], ""),
+    (&["delete", "root"], ""),
+    (&["add", "carol", "--role", "student"], "password\n"),
+    (&["list"], ""),
+];
+
+/// Returns the exit code, standard output and standard error of each step.
+async fn run_steps(
+    mut command: impl FnMut(&[&str]) -> Command,
+) -> Vec<(Option<i32>, String, String)> {
+    let mut results = Vec::new();
+    for (args, stdin) in USER_STEPS {
+        let output = run(command(args), stdin).await;
+        results.push((
+            output.status.code(),
+            text(&output.stdout),
+            text(&output.stderr),
+        ));
+    }
+    results
+}
+
+#[tokio::test]
+async fn user_commands_online_match_offline() {
+    let offline_dir = tempfile::tempdir().unwrap();
+    let added = run(
+        auth_service(
+            offline_dir.path(),
+            &["user", "add", "root", "--role", "admin"],
+        ),
+        "root password long\n",
+    )
+    .await;
+    assert!(added.status.success(), "{}", text(&added.stderr));
+    let offline = run_steps(|args| {
+        let mut full = vec!["user"];
+        full.extend_from_slice(args);
+        auth_service(offline_dir.path(), &full)
+    })
+    .await;
+
+    let online_dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(config(online_dir.path(), &[])).await;
+    server
+        .users
+        .create("root", "root password long", Role::Admin)
+        .await
+        .unwrap();
+    let token = server.token("root", "root password long").await;
+    let url = format!("http://{}", server.addr);
+    let unused_dir = tempfile::tempdir().unwrap();
+    let online = run_steps(|args| {
+        let mut full = vec!["user", "--server", url.as_str()];
+        full.extend_from_slice(args);
+        let mut command = auth_service(unused_dir.path(), &full);
+        command.env("AUTH_ADMIN_TOKEN", &token);
+        command
+    })
+    .await;
+
+    for (index, ((args, _), (offline, online))) in USER_STEPS
+        .iter()
+        .zip(offline.iter().zip(&online))
+        .enumerate()
+    {
+        let stderr_line = |stderr: &str| {
+            stderr
+                .lines()
+                .find(|line| line.starts_with("auth-service:"))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert_eq!(
+            offline.0, online.0,
+            "exit code of step {index} {args:?}: {online:?}"
+        );
+        assert_eq!(offline.1, online.1, "output of step {index} {args:?}");
+        assert_eq!(
+            stderr_line(&offline.2),
+            stderr_line(&online.2),
+            "error of step {index} {args:?}"
+        );
+    }
+    assert_eq!(online[1].1, "bob\tstudent\tenabled\nroot\tadmin\tenabled\n");
+    assert_eq!(online[6].1, "bob\tteacher\tenabled\nroot\tadmin\tenabled\n");
+    assert_eq!(online[8].0, Some(1), "the last admin must stay");
+    assert!(
+        online[8].2.contains("last enabled admin"),
+        "{}",
+        online[8].2
+    );
+    assert_eq!(online[9].0, Some(64), "a common password is a usage error");
+    assert_eq!(online[10].1, "root\tadmin\tenabled\n");
+    assert!(!online.iter().any(|(_, _, stderr)| stderr.contains(&token)));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn user_command_online_needs_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(config(dir.path(), &[])).await;
+    server
+        .users
+        .create("tina", "teacher password", Role::Teacher)
+        .await
+        .unwrap();
+    let url = format!("http://{}", server.addr);
+
+    let missing = run(
+        auth_service(dir.path(), &["user", "--server", &url, "list"]),
+        "",
+    )
+    .await;
+    let mut as_teacher = auth_service(dir.path(), &["user", "--server", &url, "list"]);
+    as_teacher.env(
+        "AUTH_ADMIN_TOKEN",
+        server.token("tina", "teacher password").await,
+    );
+    let denied = run(as_teacher, "").await;
+
+    assert_eq!(missing.status.code(), Some(64));
+    assert!(text(&missing.stderr).contains("AUTH_ADMIN_TOKEN"));
+    assert_eq!(denied.status.code(), Some(1));
+    assert!(
+        text(&denied.stderr).contains("permission denied"),
+        "{}",
+        text(&denied.stderr)
+    );
     server.stop().await;
 }

@@ -534,6 +534,7 @@ async fn reflection_lists_only_own_services() {
             "grpc.reflection.v1.ServerReflection",
             "grpc.reflection.v1alpha.ServerReflection",
             "school.auth.v1.AuthService",
+            "school.auth.v1.UserService",
         ]
     );
     server.stop().await;

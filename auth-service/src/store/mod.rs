@@ -1,8 +1,10 @@
 //! Storage interfaces for users and signing keys, and the sled backend.
 //!
-//! Handlers use only the [`UserStore`] and [`KeyStore`] traits, so another backend can be added
-//! without touching them. Every write method returns only after the write is durable.
+//! Handlers use only the [`UserStore`], [`AccountStore`] and [`KeyStore`] traits, so another
+//! backend can be added without touching them. Every write method returns only after the write
+//! is durable.
 
+mod accounts;
 mod sled_backend;
 
 use std::fmt;
@@ -12,6 +14,7 @@ use zeroize::Zeroizing;
 use crate::error::Error;
 use crate::role::Role;
 
+pub use accounts::{AccountStore, ServiceAccountRecord, UserChange};
 pub use sled_backend::SledStore;
 
 /// One user account.

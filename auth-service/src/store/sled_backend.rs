@@ -110,6 +110,16 @@ impl SledStore {
         })
     }
 
+    /// Returns the database, for the account operations in `store::accounts`.
+    pub(super) fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// Returns the tree of users, for the account operations in `store::accounts`.
+    pub(super) fn users_tree(&self) -> &sled::Tree {
+        &self.users
+    }
+
     /// Returns the data directory this store was opened in.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -227,18 +237,18 @@ impl KeyStore for SledStore {
     }
 }
 
-fn storage(operation: &'static str) -> impl FnOnce(sled::Error) -> Error {
+pub(super) fn storage(operation: &'static str) -> impl FnOnce(sled::Error) -> Error {
     move |source| Error::Storage { operation, source }
 }
 
-fn corrupt(key: &str, reason: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
+pub(super) fn corrupt(key: &str, reason: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
     Error::CorruptRecord {
         key: key.to_owned(),
         source: reason.into(),
     }
 }
 
-fn encode_user(user: &UserRecord) -> Result<Vec<u8>, Error> {
+pub(super) fn encode_user(user: &UserRecord) -> Result<Vec<u8>, Error> {
     let record = UserRecordV1 {
         version: RECORD_VERSION,
         username: user.username.clone(),
@@ -250,7 +260,7 @@ fn encode_user(user: &UserRecord) -> Result<Vec<u8>, Error> {
     serde_json::to_vec(&record).map_err(|error| corrupt(&user.username, error))
 }
 
-fn decode_user(key: &str, bytes: &[u8]) -> Result<UserRecord, Error> {
+pub(super) fn decode_user(key: &str, bytes: &[u8]) -> Result<UserRecord, Error> {
     let record: UserRecordV1 =
         serde_json::from_slice(bytes).map_err(|error| corrupt(key, error))?;
     if record.version != RECORD_VERSION {
