@@ -1,11 +1,13 @@
 //! Command-line and environment configuration.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use school_guard::Policy;
+use school_guard::reload::PolicySource;
 
 use crate::error::Error;
 
@@ -91,8 +93,14 @@ pub struct Config {
     pub shutdown_grace_secs: u64,
 
     /// TOML file with the authorization policy; the built-in policy is used when absent.
+    /// SIGHUP reloads it.
     #[arg(long, env = "STUDENT_POLICY", value_name = "FILE")]
     pub policy: Option<PathBuf>,
+
+    /// TOML file with a policy to evaluate beside the enforced one without enforcing it: its
+    /// decisions that differ are logged. SIGHUP reloads it.
+    #[arg(long, env = "STUDENT_SHADOW_POLICY", value_name = "FILE")]
+    pub shadow_policy: Option<PathBuf>,
 
     /// Format of the log lines written to standard error.
     #[arg(long, env = "STUDENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -179,18 +187,19 @@ impl Config {
         Ok(())
     }
 
-    /// Parses the policy file named by `--policy`, or the built-in policy when none is named.
-    pub fn load_policy(&self) -> Result<Policy, Error> {
+    /// Returns where the enforced policy comes from: `--policy`, or the built-in policy.
+    pub fn policy_source(&self, served: Arc<BTreeSet<String>>) -> PolicySource {
         match &self.policy {
-            Some(path) => Policy::load(path).map_err(|source| Error::InvalidPolicy {
-                origin: path.display().to_string(),
-                source,
-            }),
-            None => Policy::from_toml_str(DEFAULT_POLICY).map_err(|source| Error::InvalidPolicy {
-                origin: "built-in policy".to_owned(),
-                source,
-            }),
+            Some(path) => PolicySource::file(path.clone(), served),
+            None => PolicySource::built_in(DEFAULT_POLICY, served),
         }
+    }
+
+    /// Returns where the shadow policy comes from, if `--shadow-policy` is set.
+    pub fn shadow_policy_source(&self, served: Arc<BTreeSet<String>>) -> Option<PolicySource> {
+        self.shadow_policy
+            .as_ref()
+            .map(|path| PolicySource::file(path.clone(), served))
     }
 
     /// Clock skew tolerated when checking token times.

@@ -46,8 +46,8 @@ pub enum Error {
         reason: String,
     },
 
-    /// The authorization policy could not be read or parsed.
-    #[error("invalid --policy (environment variable STUDENT_POLICY) {origin}")]
+    /// An authorization policy could not be read or parsed, or does not fit the served methods.
+    #[error("invalid policy {origin} (--policy, STUDENT_POLICY, or --shadow-policy)")]
     InvalidPolicy {
         /// The policy file, or "built-in policy".
         origin: String,

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use school_guard::keys::KeySet;
+use school_guard::reload::{PolicySource, reload_on_sighup, served_methods};
 use school_guard::remote::KeyFetcher;
 use school_guard::verify::{TokenVerifier, VerifierConfig};
-use school_guard::{Guard, GuardLayer};
+use school_guard::{Guard, GuardLayer, Policy};
 use school_ops::{ConcurrencyLimitLayer, MetricsEndpoint};
 use school_proto::auth::v1::auth_service_client::AuthServiceClient;
 use school_proto::student::v1::student_service_server::{SERVICE_NAME, StudentServiceServer};
@@ -42,6 +43,8 @@ pub struct BoundServer {
     local_addr: SocketAddr,
     store: Arc<SledStore>,
     guard: Arc<Guard>,
+    policy_source: PolicySource,
+    shadow_source: Option<PolicySource>,
     fetcher: Arc<KeyFetcher>,
     key_refresh: Duration,
     metrics: ServiceMetrics,
@@ -57,7 +60,9 @@ pub struct BoundServer {
 /// the background.
 pub async fn bind(config: Config) -> Result<BoundServer, Error> {
     config.validate()?;
-    let policy = config.load_policy()?;
+    let (policy_source, shadow_source) = policy_sources(&config)?;
+    let policy = load_policy(&policy_source)?;
+    let shadow_policy = shadow_source.as_ref().map(load_policy).transpose()?;
 
     let store = Arc::new(SledStore::open(&config.data_dir)?);
     tracing::info!(data_dir = %config.data_dir.display(), "student database opened");
@@ -108,12 +113,15 @@ pub async fn bind(config: Config) -> Result<BoundServer, Error> {
         },
     );
     let guard = Arc::new(Guard::new(verifier, policy).with_key_fetcher(Arc::clone(&fetcher)));
+    guard.set_shadow_policy(shadow_policy);
 
     Ok(BoundServer {
         listener,
         local_addr,
         store,
         guard,
+        policy_source,
+        shadow_source,
         fetcher,
         key_refresh: config.key_refresh_interval(),
         metrics,
@@ -154,6 +162,21 @@ impl BoundServer {
             .build_v1alpha()
             .map_err(Error::Reflection)?;
         let students = StudentServiceServer::new(StudentApi::new(Arc::clone(&self.store)));
+        let reload = reload_on_sighup(
+            Arc::clone(&self.guard),
+            self.policy_source,
+            self.shadow_source,
+        );
+        let reload_task = match reload {
+            Ok(task) => Some(AbortOnDrop(task)),
+            Err(error) => {
+                tracing::error!(
+                    %error,
+                    "failed to install the SIGHUP handler; policy reload is off"
+                );
+                None
+            }
+        };
 
         let keys_task = tokio::spawn(load_keys(
             Arc::clone(&self.fetcher),
@@ -217,10 +240,53 @@ impl BoundServer {
 
         keys_task.abort();
         drop(metrics_task);
+        drop(reload_task);
         let flushed = self.store.flush().await;
         served?;
         flushed
     }
+}
+
+impl BoundServer {
+    /// Returns the guard in front of every service, to read its policies and shadow counts.
+    pub fn guard(&self) -> Arc<Guard> {
+        Arc::clone(&self.guard)
+    }
+}
+
+/// Returns the sources of the enforced and the shadow policy, checked against the methods this
+/// server serves: StudentService, health and both reflection versions.
+fn policy_sources(config: &Config) -> Result<(PolicySource, Option<PolicySource>), Error> {
+    let served = served_methods(
+        &[
+            school_proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ],
+        &[
+            SERVICE_NAME,
+            HEALTH_SERVICE_NAME,
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ],
+    )
+    .map_err(|source| Error::InvalidPolicy {
+        origin: "service descriptors".to_owned(),
+        source,
+    })?;
+    let served = Arc::new(served);
+    Ok((
+        config.policy_source(Arc::clone(&served)),
+        config.shadow_policy_source(served),
+    ))
+}
+
+fn load_policy(source: &PolicySource) -> Result<Policy, Error> {
+    source.load().map_err(|source_error| Error::InvalidPolicy {
+        origin: source.describe(),
+        source: source_error,
+    })
 }
 
 /// Starts a reflection builder that lists only the services this server runs. The school

@@ -19,8 +19,9 @@ use school_guard::claims::Claims;
 use school_guard::keys::key_id_for;
 use school_proto::auth::v1::auth_service_server::{AuthService, AuthServiceServer};
 use school_proto::auth::v1::{
-    ListPublicKeysRequest, ListPublicKeysResponse, LoginRequest, LoginResponse, PublicKey,
-    ValidateTokenRequest, ValidateTokenResponse,
+    IssueServiceTokenRequest, IssueServiceTokenResponse, ListPublicKeysRequest,
+    ListPublicKeysResponse, LoginRequest, LoginResponse, PublicKey, ValidateTokenRequest,
+    ValidateTokenResponse,
 };
 use school_proto::student::v1::student_service_client::StudentServiceClient;
 use school_proto::student::v1::{
@@ -106,6 +107,13 @@ impl AuthService for FakeAuth {
         &self,
         _: Request<ValidateTokenRequest>,
     ) -> Result<Response<ValidateTokenResponse>, Status> {
+        Err(Status::unimplemented("not part of the fake"))
+    }
+
+    async fn issue_service_token(
+        &self,
+        _: Request<IssueServiceTokenRequest>,
+    ) -> Result<Response<IssueServiceTokenResponse>, Status> {
         Err(Status::unimplemented("not part of the fake"))
     }
 
