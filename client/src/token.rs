@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
-use school_proto::auth::v1::LoginRequest;
+use school_proto::auth::v1::{IssueServiceTokenRequest, LoginRequest};
 use school_proto::auth::v1::auth_service_client::AuthServiceClient;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -97,7 +97,9 @@ impl std::fmt::Debug for TokenSource {
 
 impl TokenSource {
     /// Logs in to the auth-service at `auth` as `credentials` and starts renewing the token
-    /// [`DEFAULT_RENEW_BEFORE`] its expiry. Must be called within a Tokio runtime.
+    /// [`DEFAULT_RENEW_BEFORE`] its expiry. A user logs in with `Login`, and a service account
+    /// ([`Credentials::service_account`]) with `IssueServiceToken`. Must be called within a
+    /// Tokio runtime.
     ///
     /// Fails if this first login fails, so a wrong password shows at start-up rather than on
     /// the first call.
@@ -209,27 +211,47 @@ impl TokenSource {
     async fn log_in(&self) -> Result<CachedToken, ClientError> {
         let sent_at = Instant::now();
         self.logins.fetch_add(1, Ordering::SeqCst);
-        let response = self
-            .auth
-            .clone()
-            .login(LoginRequest {
-                username: self.credentials.username().to_owned(),
-                password: self.credentials.password().to_owned(),
-            })
-            .await
-            .map_err(|status| ClientError::Login {
-                username: self.credentials.username().to_owned(),
-                status,
-            })?
-            .into_inner();
+        let login_failed = |status| ClientError::Login {
+            username: self.credentials.username().to_owned(),
+            status,
+        };
+        let (access_token, expires_in) = match self.credentials.audience() {
+            None => {
+                let response = self
+                    .auth
+                    .clone()
+                    .login(LoginRequest {
+                        username: self.credentials.username().to_owned(),
+                        password: self.credentials.password().to_owned(),
+                    })
+                    .await
+                    .map_err(login_failed)?
+                    .into_inner();
+                (response.access_token, response.expires_in)
+            }
+            Some(audience) => {
+                let response = self
+                    .auth
+                    .clone()
+                    .issue_service_token(IssueServiceTokenRequest {
+                        client_id: self.credentials.username().to_owned(),
+                        client_secret: self.credentials.password().to_owned(),
+                        audience: audience.to_owned(),
+                    })
+                    .await
+                    .map_err(login_failed)?
+                    .into_inner();
+                (response.access_token, response.expires_in)
+            }
+        };
 
-        let lifetime = u64::try_from(response.expires_in)
+        let lifetime = u64::try_from(expires_in)
             .ok()
             .filter(|&seconds| seconds > 0)
             .map(Duration::from_secs)
             .ok_or(ClientError::InvalidResponse("expires_in is not positive"))?;
         let mut header: AsciiMetadataValue =
-            MetadataValue::try_from(format!("Bearer {}", response.access_token))
+            MetadataValue::try_from(format!("Bearer {access_token}"))
                 .map_err(|_| ClientError::InvalidResponse("the token is not visible ASCII"))?;
         header.set_sensitive(true);
 
@@ -238,7 +260,7 @@ impl TokenSource {
         let renew_at = expires_at - self.renew_before.min(lifetime / 2);
         tracing::debug!(
             user.name = self.credentials.username(),
-            expires_in = response.expires_in,
+            expires_in,
             "access token renewed"
         );
         Ok(CachedToken {
