@@ -16,6 +16,7 @@ use auth_service::Role;
 use clap::Parser as _;
 use school_proto::auth::v1::LoginRequest;
 use school_proto::auth::v1::auth_service_client::AuthServiceClient;
+use school_proto::auth::v1::user_service_client::UserServiceClient;
 use school_proto::student::v1::student_service_client::StudentServiceClient;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -46,6 +47,7 @@ pub struct RunningAuth {
     /// The data directory.
     pub data_dir: PathBuf,
     users: auth_service::Users,
+    guard: std::sync::Arc<school_guard::Guard>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), auth_service::Error>>,
 }
@@ -71,6 +73,7 @@ impl RunningAuth {
         .expect("auth-service binds");
         let addr = server.local_addr();
         let users = server.users();
+        let guard = server.guard();
         let (shutdown, signal) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(async {
             let _ = signal.await;
@@ -80,6 +83,7 @@ impl RunningAuth {
             addr,
             data_dir: data_dir.to_owned(),
             users,
+            guard,
             shutdown: Some(shutdown),
             task,
         };
@@ -95,6 +99,18 @@ impl RunningAuth {
     /// Returns the user accounts of the running server.
     pub fn users(&self) -> &auth_service::Users {
         &self.users
+    }
+
+    /// Returns the guard in front of the server's services.
+    pub fn guard(&self) -> &school_guard::Guard {
+        &self.guard
+    }
+
+    /// Connects a new UserService client.
+    pub async fn user_client(&self) -> UserServiceClient<Channel> {
+        UserServiceClient::connect(self.url())
+            .await
+            .expect("connect to auth-service")
     }
 
     /// Connects a new AuthService client.
@@ -134,6 +150,7 @@ pub struct RunningStudent {
     pub addr: SocketAddr,
     /// The data directory.
     pub data_dir: PathBuf,
+    guard: std::sync::Arc<school_guard::Guard>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), student_service::Error>>,
 }
@@ -171,6 +188,7 @@ impl RunningStudent {
         .await
         .expect("student-service binds");
         let addr = server.local_addr();
+        let guard = server.guard();
         let (shutdown, signal) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(async {
             let _ = signal.await;
@@ -179,6 +197,7 @@ impl RunningStudent {
         RunningStudent {
             addr,
             data_dir: data_dir.to_owned(),
+            guard,
             shutdown: Some(shutdown),
             task,
         }
@@ -187,6 +206,11 @@ impl RunningStudent {
     /// Returns the `http://` URL of the server.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Returns the guard in front of the server's services.
+    pub fn guard(&self) -> &school_guard::Guard {
+        &self.guard
     }
 
     /// Connects a new StudentService client.

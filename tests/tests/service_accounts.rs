@@ -1,0 +1,186 @@
+//! Service accounts: created by an admin, exchanging a client id and secret for a token with
+//! role `service`, restricted to one audience, and used through the Rust client library.
+
+#![allow(clippy::expect_used)]
+
+use integration_tests::{ADMIN, RunningStudent, Stack, with_token};
+use school_client::{Credentials, TokenSource, error_info};
+use school_proto::auth::v1::{
+    CreateServiceAccountRequest, CreateServiceAccountResponse, IssueServiceTokenRequest,
+};
+use school_proto::student::v1::ListStudentsRequest;
+use school_proto::student::v1::student_service_client::StudentServiceClient;
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// The audience that the second student-service in these tests checks.
+const STUDENT_AUDIENCE: &str = "student-service";
+
+async fn create_account(stack: &Stack, name: &str) -> CreateServiceAccountResponse {
+    let admin = stack.token(ADMIN).await;
+    stack
+        .auth
+        .user_client()
+        .await
+        .create_service_account(with_token(
+            CreateServiceAccountRequest {
+                name: name.to_owned(),
+                audiences: vec![STUDENT_AUDIENCE.to_owned()],
+            },
+            &admin,
+        ))
+        .await
+        .expect("admin creates a service account")
+        .into_inner()
+}
+
+async fn issue(
+    stack: &Stack,
+    client_id: &str,
+    client_secret: &str,
+    audience: &str,
+) -> Result<String, tonic::Status> {
+    stack
+        .auth
+        .client()
+        .await
+        .issue_service_token(IssueServiceTokenRequest {
+            client_id: client_id.to_owned(),
+            client_secret: client_secret.to_owned(),
+            audience: audience.to_owned(),
+        })
+        .await
+        .map(|response| response.into_inner().access_token)
+}
+
+async fn list_code(student: &RunningStudent, token: &str) -> (Code, Option<String>) {
+    let listed = student
+        .client()
+        .await
+        .list_students(with_token(ListStudentsRequest::default(), token))
+        .await;
+    match listed {
+        Ok(_) => (Code::Ok, None),
+        Err(status) => {
+            let problem =
+                error_info(&status).and_then(|info| info.metadata.get("problem").cloned());
+            (status.code(), problem)
+        }
+    }
+}
+
+#[tokio::test]
+async fn service_token_is_bound_to_its_audience() {
+    let stack = Stack::start().await;
+    let account = create_account(&stack, "reporting").await;
+    let own_audience = RunningStudent::start(
+        &stack.dir.path().join("student-own-audience"),
+        &stack.auth.url(),
+        &["--audience", STUDENT_AUDIENCE],
+    )
+    .await;
+
+    let token = issue(
+        &stack,
+        &account.client_id,
+        &account.client_secret,
+        STUDENT_AUDIENCE,
+    )
+    .await
+    .expect("service token");
+
+    assert!(account.client_id.starts_with("svc-"));
+    assert_eq!(list_code(&own_audience, &token).await, (Code::Ok, None));
+    // The stack's student-service checks the audience `school`.
+    assert_eq!(
+        list_code(&stack.student, &token).await,
+        (Code::Unauthenticated, Some("wrong_audience".to_owned()))
+    );
+    own_audience.stop().await;
+}
+
+#[tokio::test]
+async fn service_token_needs_secret_and_allowed_audience() {
+    let stack = Stack::start().await;
+    let account = create_account(&stack, "reporting").await;
+
+    let wrong_secret = issue(
+        &stack,
+        &account.client_id,
+        "not the secret",
+        STUDENT_AUDIENCE,
+    )
+    .await
+    .expect_err("wrong secret");
+    let unknown = issue(
+        &stack,
+        "svc-unknown",
+        &account.client_secret,
+        STUDENT_AUDIENCE,
+    )
+    .await
+    .expect_err("unknown client id");
+    let foreign = issue(&stack, &account.client_id, &account.client_secret, "school")
+        .await
+        .expect_err("audience the account was not created with");
+
+    assert_eq!(wrong_secret.code(), Code::Unauthenticated);
+    assert_eq!(unknown.code(), Code::Unauthenticated);
+    assert_eq!(wrong_secret.message(), unknown.message());
+    assert_eq!(foreign.code(), Code::PermissionDenied);
+    assert_eq!(
+        error_info(&foreign).map(|info| info.reason).as_deref(),
+        Some("AUDIENCE_NOT_ALLOWED")
+    );
+
+    let duplicate = stack
+        .auth
+        .user_client()
+        .await
+        .create_service_account(with_token(
+            CreateServiceAccountRequest {
+                name: "reporting".into(),
+                audiences: vec![STUDENT_AUDIENCE.into()],
+            },
+            &stack.token(ADMIN).await,
+        ))
+        .await
+        .expect_err("name taken");
+    assert_eq!(duplicate.code(), Code::AlreadyExists);
+}
+
+#[tokio::test]
+async fn rust_client_uses_service_credentials() {
+    let stack = Stack::start().await;
+    let account = create_account(&stack, "nightly-report").await;
+    let student = RunningStudent::start(
+        &stack.dir.path().join("student-client"),
+        &stack.auth.url(),
+        &["--audience", STUDENT_AUDIENCE],
+    )
+    .await;
+    let auth = Channel::from_shared(stack.auth.url())
+        .expect("URL")
+        .connect()
+        .await
+        .expect("connect to auth-service");
+
+    let tokens = TokenSource::login(
+        auth,
+        Credentials::service_account(
+            account.client_id.clone(),
+            account.client_secret.clone(),
+            STUDENT_AUDIENCE,
+        ),
+    )
+    .await
+    .expect("service account logs in");
+    let mut students =
+        StudentServiceClient::with_interceptor(student.channel().await, tokens.interceptor());
+    let listed = students.list_students(ListStudentsRequest::default()).await;
+
+    assert!(listed.is_ok(), "{listed:?}");
+    assert_eq!(tokens.username(), account.client_id);
+    assert_eq!(tokens.login_count(), 1);
+    student.stop().await;
+}
