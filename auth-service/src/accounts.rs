@@ -292,24 +292,10 @@ fn validate_audiences(audiences: &[String]) -> Result<(), Error> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::password::{HashParams, PasswordHasher};
-    use crate::store::SledStore;
+    use crate::users::tests::users;
 
     const PASSWORD: &str = "long enough password";
-
-    async fn users(dir: &std::path::Path) -> Result<Users, Error> {
-        let store = SledStore::open(dir).await?;
-        let params = HashParams {
-            memory_kib: 64,
-            iterations: 1,
-            parallelism: 1,
-        };
-        let hasher = PasswordHasher::new(params, 2).await?;
-        Ok(Users::new(Arc::new(store), hasher))
-    }
 
     #[tokio::test]
     async fn last_admin_cannot_be_removed() -> Result<(), Box<dyn std::error::Error>> {

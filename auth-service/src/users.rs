@@ -172,12 +172,13 @@ pub(crate) fn validate_new_username(username: &str) -> Result<(), Error> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::password::HashParams;
     use crate::store::SledStore;
 
-    async fn users(dir: &std::path::Path) -> Result<Users, Error> {
+    /// Opens a store in `dir` with the cheapest Argon2 parameters, for fast tests.
+    pub(crate) async fn users(dir: &std::path::Path) -> Result<Users, Error> {
         let store = SledStore::open(dir).await?;
         let params = HashParams {
             memory_kib: 64,
