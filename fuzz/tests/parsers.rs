@@ -286,15 +286,33 @@ fn check_stored_record(value: &[u8]) {
     }
 
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let store = SledStore::open(dir.path()).expect("open store");
+        let store = open_when_unlocked(dir.path()).await;
         if let Ok(Some(record)) = store.get(id).await {
             assert_eq!(record.id, id);
         }
         let _ = store.list(None, 10).await;
     });
+}
+
+/// Opens the store, waiting while sled's background thread of the dropped raw handle still
+/// holds the lock.
+async fn open_when_unlocked(dir: &std::path::Path) -> SledStore {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match SledStore::open(dir) {
+            Ok(store) => return store,
+            Err(student_service::Error::DataDirLocked { .. })
+                if std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(error) => panic!("open store: {error:?}"),
+        }
+    }
 }
 
 #[test]
