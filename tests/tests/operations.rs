@@ -282,3 +282,34 @@ async fn student_verifies_while_auth_down() {
     assert_eq!(health, Ok(ServingStatus::Serving));
     assert!(login.is_err(), "auth-service is stopped");
 }
+
+#[tokio::test]
+async fn oversized_request_rejected() {
+    let stack = Stack::start().await;
+    let admin = stack.token(ADMIN).await;
+    let mut client = stack.student.client().await;
+    let request = |name: String| {
+        with_token(
+            CreateStudentRequest {
+                name,
+                email: "olga@example.org".into(),
+                account_username: String::new(),
+                grade_level: 3,
+            },
+            &admin,
+        )
+    };
+
+    let oversized = client.create_student(request("O".repeat(100 * 1024))).await;
+    let normal = client.create_student(request("Olga Ordinary".into())).await;
+
+    // tonic 0.14 rejects a message above the decoding limit with OUT_OF_RANGE.
+    assert_eq!(
+        oversized.expect_err("a 100 KiB name").code(),
+        Code::OutOfRange
+    );
+    assert!(
+        normal.is_ok(),
+        "the same connection still works: {normal:?}"
+    );
+}
