@@ -14,6 +14,8 @@ const PROTOS: &[&str] = &[
 const SECRET_MESSAGES: &[&str] = &[
     "school.auth.v1.LoginRequest",
     "school.auth.v1.LoginResponse",
+    "school.auth.v1.RefreshTokenRequest",
+    "school.auth.v1.RefreshTokenResponse",
     "school.auth.v1.ValidateTokenRequest",
     "school.auth.v1.IssueServiceTokenRequest",
     "school.auth.v1.IssueServiceTokenResponse",

@@ -1,9 +1,8 @@
 //! Changes to existing accounts: roles, status, deletion and passwords, with the rule that the
 //! last enabled admin stays, and service accounts.
 //!
-//! Disabling a user or changing their role applies to new logins only.
-// TODO: tokens issued before a user was disabled, demoted or deleted stay valid until they
-// expire; revoking them needs a revocation list that every verifier reads.
+//! Disabling, deleting or changing the role of a user also revokes the user's sessions when
+//! the [`Users`] handle has a revoker, as every handle from `server::open_users` does.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -66,28 +65,34 @@ impl Users {
         Ok(users.into_iter().map(UserSummary::from).collect())
     }
 
-    /// Sets the role copied into the user's future tokens. Fails with [`Error::LastAdmin`] when
-    /// it would demote the last enabled admin.
+    /// Sets the role copied into the user's future tokens, and revokes the user's sessions if
+    /// the role changed. Fails with [`Error::LastAdmin`] when it would demote the last enabled
+    /// admin.
     pub async fn update_role(&self, username: &str, role: Role) -> Result<UserSummary, Error> {
         validate_username(username)?;
         let _admin_changes = self.admin_changes.lock().await;
         let other_admins = self.other_enabled_admins(username).await?;
+        let changed = std::sync::atomic::AtomicBool::new(false);
         let updated = self
             .store
             .update_user(username, &|user| {
                 if role != Role::Admin && is_enabled_admin(user) && other_admins == 0 {
                     return Err(Error::LastAdmin(user.username.clone()));
                 }
+                changed.store(user.role != role, std::sync::atomic::Ordering::Relaxed);
                 user.role = role;
                 Ok(())
             })
             .await?;
+        if changed.load(std::sync::atomic::Ordering::Relaxed) {
+            self.revoke_user_sessions(username).await?;
+        }
         Ok(UserSummary::from(updated))
     }
 
     /// Disables or re-enables login for a user, failing with [`Error::UserNotFound`], and with
-    /// [`Error::LastAdmin`] when it would disable the last enabled admin. Tokens issued before
-    /// a user is disabled stay valid until they expire.
+    /// [`Error::LastAdmin`] when it would disable the last enabled admin. Disabling revokes the
+    /// user's sessions.
     pub async fn set_disabled(&self, username: &str, disabled: bool) -> Result<UserSummary, Error> {
         validate_username(username)?;
         let _admin_changes = self.admin_changes.lock().await;
@@ -102,10 +107,13 @@ impl Users {
                 Ok(())
             })
             .await?;
+        if disabled {
+            self.revoke_user_sessions(username).await?;
+        }
         Ok(UserSummary::from(updated))
     }
 
-    /// Deletes a user, failing with [`Error::UserNotFound`], and with
+    /// Deletes a user and revokes their sessions, failing with [`Error::UserNotFound`], and with
     /// [`Error::LastAdmin`] for the last enabled admin.
     pub async fn delete(&self, username: &str) -> Result<(), Error> {
         validate_username(username)?;
@@ -118,7 +126,8 @@ impl Users {
         if is_enabled_admin(&user) && self.other_enabled_admins(username).await? == 0 {
             return Err(Error::LastAdmin(username.to_owned()));
         }
-        self.store.delete_user(username).await
+        self.store.delete_user(username).await?;
+        self.revoke_user_sessions(username).await
     }
 
     /// Changes a user's own password after checking the current one.

@@ -28,6 +28,12 @@ pub const USER_PASSWORD_ENV: &str = "AUTH_USER_PASSWORD";
 /// The longest accepted token lifetime: one day.
 const MAX_TOKEN_TTL_SECS: u64 = 24 * 60 * 60;
 
+/// The longest accepted refresh token lifetime: 90 days.
+const MAX_REFRESH_TOKEN_TTL_SECS: u64 = 90 * 24 * 60 * 60;
+
+/// The longest accepted time between purges of expired sessions: one hour.
+const MAX_PURGE_INTERVAL_SECS: u64 = 60 * 60;
+
 /// The largest accepted clock skew allowance: five minutes.
 const MAX_LEEWAY_SECS: u64 = 5 * 60;
 
@@ -84,6 +90,26 @@ pub struct Config {
     )]
     pub token_ttl_secs: u64,
 
+    /// Lifetime of refresh tokens, in seconds (1 to 7776000). Each RefreshToken call issues a
+    /// new one with a full lifetime.
+    #[arg(
+        long,
+        env = "AUTH_REFRESH_TOKEN_TTL_SECS",
+        default_value_t = 7 * 24 * 60 * 60,
+        global = true
+    )]
+    pub refresh_token_ttl_secs: u64,
+
+    /// Time between purges of expired sessions, refresh tokens and revocations, in seconds
+    /// (1 to 3600).
+    #[arg(
+        long,
+        env = "AUTH_SESSION_PURGE_INTERVAL_SECS",
+        default_value_t = 60,
+        global = true
+    )]
+    pub session_purge_interval_secs: u64,
+
     /// Clock skew allowed when ValidateToken checks exp and nbf, in seconds (0 to 300).
     #[arg(long, env = "AUTH_LEEWAY_SECS", default_value_t = 5, global = true)]
     pub leeway_secs: u64,
@@ -104,6 +130,19 @@ pub struct Config {
     /// [default: number of CPUs].
     #[arg(long, env = "AUTH_HASH_CONCURRENCY", global = true)]
     pub hash_concurrency: Option<usize>,
+
+    /// Whether the server reflection service answers; `off` hides the method list from
+    /// unauthenticated callers.
+    #[arg(long, env = "AUTH_REFLECTION", value_enum, default_value_t = Reflection::On, global = true)]
+    pub reflection: Reflection,
+
+    /// Signing-key rotation.
+    #[command(flatten)]
+    pub keys: crate::keys::KeyArgs,
+
+    /// Failed-login throttling.
+    #[command(flatten)]
+    pub throttle: crate::throttle::ThrottleArgs,
 
     /// TOML file with the authorization policy of UserService and the other methods; the
     /// built-in policy is used when absent. SIGHUP reloads it.
@@ -211,6 +250,15 @@ pub enum UserCommand {
     },
 }
 
+/// Whether server reflection is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Reflection {
+    /// Serve `grpc.reflection.v1` and `v1alpha` without a token.
+    On,
+    /// Do not serve reflection; calls to it fail with UNIMPLEMENTED.
+    Off,
+}
+
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -255,6 +303,26 @@ impl Config {
                 ),
             ));
         }
+        if !(1..=MAX_REFRESH_TOKEN_TTL_SECS).contains(&self.refresh_token_ttl_secs) {
+            return Err(Error::invalid_config(
+                "refresh-token-ttl-secs",
+                "AUTH_REFRESH_TOKEN_TTL_SECS",
+                format!(
+                    "must be 1 to {MAX_REFRESH_TOKEN_TTL_SECS} seconds, got {}",
+                    self.refresh_token_ttl_secs
+                ),
+            ));
+        }
+        if !(1..=MAX_PURGE_INTERVAL_SECS).contains(&self.session_purge_interval_secs) {
+            return Err(Error::invalid_config(
+                "session-purge-interval-secs",
+                "AUTH_SESSION_PURGE_INTERVAL_SECS",
+                format!(
+                    "must be 1 to {MAX_PURGE_INTERVAL_SECS} seconds, got {}",
+                    self.session_purge_interval_secs
+                ),
+            ));
+        }
         if self.leeway_secs > MAX_LEEWAY_SECS {
             return Err(Error::invalid_config(
                 "leeway-secs",
@@ -273,6 +341,8 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        self.throttle.validate()?;
+        self.keys.validate()?;
         self.validate_bootstrap_admin()
     }
 
@@ -376,6 +446,16 @@ impl Config {
     /// Returns the clock skew allowed when checking `exp` and `nbf`.
     pub fn leeway(&self) -> Duration {
         Duration::from_secs(self.leeway_secs)
+    }
+
+    /// Returns the lifetime of refresh tokens.
+    pub fn refresh_token_ttl(&self) -> Duration {
+        Duration::from_secs(self.refresh_token_ttl_secs)
+    }
+
+    /// Returns the time between purges of expired sessions and revocations.
+    pub fn session_purge_interval(&self) -> Duration {
+        Duration::from_secs(self.session_purge_interval_secs)
     }
 }
 

@@ -23,6 +23,16 @@ pub const INVALID_CREDENTIALS: &str = "INVALID_CREDENTIALS";
 pub const USER_EXISTS: &str = "USER_EXISTS";
 /// `ErrorInfo.reason` when the named user does not exist.
 pub const USER_NOT_FOUND: &str = "USER_NOT_FOUND";
+/// `ErrorInfo.reason` of a login rejected after repeated failures, before any password check.
+/// A `google.rpc.RetryInfo` detail says when to retry.
+pub const LOGIN_THROTTLED: &str = "LOGIN_THROTTLED";
+
+/// `ErrorInfo.reason` of every failed `RefreshToken`: unknown, expired, used or revoked.
+pub const INVALID_REFRESH_TOKEN: &str = "INVALID_REFRESH_TOKEN";
+/// `ErrorInfo.reason` when `WatchRevocations` has as many streams open as it allows.
+pub const TOO_MANY_WATCHERS: &str = "TOO_MANY_WATCHERS";
+/// `ErrorInfo.reason` when a `WatchRevocations` stream fell behind: subscribe again.
+pub const REVOCATION_STREAM_LAGGED: &str = "REVOCATION_STREAM_LAGGED";
 
 /// `ErrorInfo.reason` when a change would leave no enabled admin.
 pub const LAST_ADMIN: &str = "LAST_ADMIN";
@@ -175,9 +185,36 @@ pub enum Error {
     #[error("password hashing failed")]
     PasswordHash(#[source] argon2::password_hash::Error),
 
+    /// The refresh token is unknown, expired, used before, or its session has ended.
+    #[error("invalid refresh token; log in again")]
+    InvalidRefreshToken,
+
+    /// The request carries no usable bearer token where the handler checks it itself.
+    #[error("{0}")]
+    Credential(school_guard::bearer::CredentialError),
+
+    /// The bearer token failed verification, or is revoked, where the handler checks it itself.
+    #[error("{0}")]
+    Token(school_guard::verify::TokenError),
+
+    /// The most `WatchRevocations` streams are already open.
+    #[error("too many revocation streams open; retry later")]
+    TooManyWatchers,
+
+    /// A `WatchRevocations` stream fell too far behind the revocations to catch up.
+    #[error("revocation stream fell behind; subscribe again for a new snapshot")]
+    RevocationStreamLagged,
+
     /// Too many password operations are already waiting; the client should retry later.
     #[error("too many logins in progress; retry later")]
     Overloaded,
+
+    /// Too many recent failed logins for this username or from this client address.
+    #[error("too many failed logins; retry in {} seconds", retry_after.as_secs())]
+    LoginThrottled {
+        /// How long the block lasts.
+        retry_after: std::time::Duration,
+    },
 
     /// A cryptographic operation failed: random generation, or creating, parsing or using a
     /// signing key. The text names the operation.
@@ -313,7 +350,30 @@ impl From<Error> for Status {
                     HashMap::from([("audience".to_owned(), audience.clone())]),
                 ),
             ),
+            Error::InvalidRefreshToken => Status::with_error_details(
+                Code::Unauthenticated,
+                error.to_string(),
+                ErrorDetails::with_error_info(INVALID_REFRESH_TOKEN, DOMAIN, HashMap::new()),
+            ),
+            // The guard layer's own statuses, so a client sees one form for both checks.
+            Error::Credential(error) => school_guard::rejection::credential_rejected(error),
+            Error::Token(error) => school_guard::rejection::token_rejected(error),
+            Error::TooManyWatchers => Status::with_error_details(
+                Code::ResourceExhausted,
+                error.to_string(),
+                ErrorDetails::with_error_info(TOO_MANY_WATCHERS, DOMAIN, HashMap::new()),
+            ),
+            Error::RevocationStreamLagged => Status::with_error_details(
+                Code::Aborted,
+                error.to_string(),
+                ErrorDetails::with_error_info(REVOCATION_STREAM_LAGGED, DOMAIN, HashMap::new()),
+            ),
             Error::Overloaded => Status::resource_exhausted(error.to_string()),
+            Error::LoginThrottled { retry_after } => {
+                let mut details = ErrorDetails::with_retry_info(Some(retry_after));
+                details.set_error_info(LOGIN_THROTTLED, DOMAIN, HashMap::new());
+                Status::with_error_details(Code::ResourceExhausted, error.to_string(), details)
+            }
             Error::InvalidConfig { .. }
             | Error::InvalidPolicy { .. }
             | Error::MissingIdentity
@@ -381,6 +441,9 @@ mod tests {
             ),
             (Error::UserExists("ann".to_owned()), USER_EXISTS),
             (Error::UserNotFound("ann".to_owned()), USER_NOT_FOUND),
+            (Error::InvalidRefreshToken, INVALID_REFRESH_TOKEN),
+            (Error::TooManyWatchers, TOO_MANY_WATCHERS),
+            (Error::RevocationStreamLagged, REVOCATION_STREAM_LAGGED),
             (Error::LastAdmin("ann".to_owned()), LAST_ADMIN),
             (
                 Error::ServiceAccountExists("svc".to_owned()),
@@ -430,6 +493,24 @@ mod tests {
         let status = Status::from(Error::Crypto("generate signing key"));
 
         assert!(status.details().is_empty());
+    }
+
+    #[test]
+    fn throttled_login_carries_retry_info() {
+        let status = Status::from(Error::LoginThrottled {
+            retry_after: std::time::Duration::from_secs(8),
+        });
+
+        let details = status.get_error_details();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            details.retry_info().and_then(|info| info.retry_delay),
+            Some(std::time::Duration::from_secs(8))
+        );
+        assert_eq!(
+            details.error_info().map(|info| info.reason.as_str()),
+            Some(LOGIN_THROTTLED)
+        );
     }
 
     #[test]

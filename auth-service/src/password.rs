@@ -8,6 +8,7 @@ use std::sync::{Arc, LazyLock};
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use tokio::sync::Semaphore;
+use unicode_normalization::UnicodeNormalization as _;
 use zeroize::Zeroizing;
 
 use crate::error::Error;
@@ -49,6 +50,15 @@ impl Password {
     /// Returns the password text, for hashing or verification only.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// Returns the password in Unicode Normalization Form KC, the form that is hashed and
+    /// verified. NIST SP 800-63B (section 5.1.1.2) suggests NFKC or NFKD so that one password
+    /// typed on two systems, such as "é" as one code point or as "e" plus a combining accent,
+    /// or a full-width "Ａ" and "A", gives the same bytes. Length limits apply to the text as
+    /// received, before normalization.
+    pub fn normalized(&self) -> Zeroizing<String> {
+        Zeroizing::new(self.0.nfkc().collect())
     }
 
     /// Checks the length limits of the proto contract: 1 to [`MAX_PASSWORD_BYTES`] bytes.
@@ -200,7 +210,7 @@ impl PasswordHasher {
         let argon2 = self.argon2();
         self.run_blocking(move || {
             argon2
-                .hash_password(password.expose().as_bytes(), &salt)
+                .hash_password(password.normalized().as_bytes(), &salt)
                 .map(|hash| hash.to_string())
                 .map_err(Error::PasswordHash)
         })
@@ -226,7 +236,7 @@ impl PasswordHasher {
         let matches = self
             .run_blocking(move || {
                 let parsed = PasswordHash::new(&phc).map_err(Error::PasswordHash)?;
-                match argon2.verify_password(password.expose().as_bytes(), &parsed) {
+                match argon2.verify_password(password.normalized().as_bytes(), &parsed) {
                     Ok(()) => Ok(true),
                     Err(argon2::password_hash::Error::Password) => Ok(false),
                     Err(other) => Err(Error::PasswordHash(other)),
@@ -235,6 +245,24 @@ impl PasswordHasher {
             .await?;
 
         Ok(matches && user_exists)
+    }
+
+    /// Returns whether `stored_hash` was made with other settings than new hashes get: another
+    /// algorithm or version, or other Argon2 parameters. Such a hash is replaced on the next
+    /// successful login. A hash that does not parse needs no rehash here, because it cannot
+    /// verify.
+    pub fn needs_rehash(&self, stored_hash: &str) -> bool {
+        let Ok(parsed) = PasswordHash::new(stored_hash) else {
+            return false;
+        };
+        let current_algorithm = parsed.algorithm.as_str() == Algorithm::Argon2id.ident().as_str();
+        let current_version = parsed.version == Some(Version::V0x13.into());
+        let current_params = Params::try_from(&parsed).is_ok_and(|params| {
+            params.m_cost() == self.params.m_cost()
+                && params.t_cost() == self.params.t_cost()
+                && params.p_cost() == self.params.p_cost()
+        });
+        !(current_algorithm && current_version && current_params)
     }
 
     fn argon2(&self) -> Argon2<'static> {
@@ -474,6 +502,60 @@ mod tests {
 
         assert_eq!(hasher.waiting.load(Ordering::Acquire), 0);
         drop(held);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn equivalent_unicode_encodings_match() -> Result<(), Error> {
+        let hasher = PasswordHasher::new(test_params(), 1).await?;
+        // "é" as one code point, and as "e" followed by U+0301 COMBINING ACUTE ACCENT.
+        let composed = "caf\u{e9} au lait";
+        let decomposed = "cafe\u{301} au lait";
+        // Full-width Latin letters, as some input methods produce them, fold to ASCII in NFKC.
+        let full_width = "\u{ff30}\u{ff41}\u{ff53}\u{ff53}";
+        assert_ne!(composed.as_bytes(), decomposed.as_bytes());
+
+        let hash = hasher.hash(Password::new(composed.into())).await?;
+        let ascii_hash = hasher.hash(Password::new("Pass".into())).await?;
+
+        assert!(
+            hasher
+                .verify(Password::new(decomposed.into()), Some(&hash))
+                .await?
+        );
+        assert!(
+            hasher
+                .verify(Password::new(full_width.into()), Some(&ascii_hash))
+                .await?
+        );
+        assert!(
+            !hasher
+                .verify(Password::new("cafe au lait".into()), Some(&hash))
+                .await?,
+            "dropping the accent is a different password"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn rehash_is_needed_only_for_other_params() -> Result<(), Error> {
+        let old = PasswordHasher::new(test_params(), 1).await?;
+        let stronger = HashParams {
+            memory_kib: 128,
+            ..test_params()
+        };
+        let new = PasswordHasher::new(stronger, 1).await?;
+        let old_hash = old.hash(Password::new("pw".into())).await?;
+        let new_hash = new.hash(Password::new("pw".into())).await?;
+        let argon2i_hash = Argon2::new(Algorithm::Argon2i, Version::V0x13, test_params().to_argon2().map_err(|e| Error::PasswordHash(e.into()))?)
+            .hash_password(b"pw", &SaltString::encode_b64(&[7u8; SALT_BYTES]).map_err(Error::PasswordHash)?)
+            .map_err(Error::PasswordHash)?
+            .to_string();
+
+        assert!(new.needs_rehash(&old_hash));
+        assert!(!new.needs_rehash(&new_hash));
+        assert!(old.needs_rehash(&argon2i_hash), "another algorithm is replaced");
+        assert!(!new.needs_rehash("not a PHC string"));
         Ok(())
     }
 

@@ -14,12 +14,14 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
-use crate::config::Config;
+use crate::config::{Config, Reflection};
 use crate::error::Error;
 use crate::keys::KeyRing;
 use crate::operations::ServiceMetrics;
 use crate::password::PasswordHasher;
 use crate::service::AuthApi;
+use crate::sessions::{Revoker, Sessions};
+use crate::throttle::LoginThrottle;
 use crate::store::SledStore;
 use crate::tokens::TokenIssuer;
 use crate::user_service::UserApi;
@@ -35,6 +37,11 @@ pub const USER_SERVICE_NAME: &str = "school.auth.v1.UserService";
 /// an 8 KiB token, so anything near this size is hostile.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
+/// The largest HTTP/2 header list (all metadata of one request, uncompressed, as RFC 9113
+/// counts it) accepted, in bytes. An 8 KiB token and the usual gRPC headers fit; hyper's
+/// default is 16 MiB, which lets one request hold that much memory.
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+
 /// A server with storage open, keys loaded and the listener bound, not yet serving.
 #[derive(Debug)]
 pub struct BoundServer {
@@ -46,6 +53,13 @@ pub struct BoundServer {
     guard: Arc<Guard>,
     policy_source: PolicySource,
     shadow_source: Option<PolicySource>,
+    throttle: LoginThrottle,
+    reflection: Reflection,
+    keys: Arc<KeyRing>,
+    /// The rotation interval and lead time, when automatic rotation is on.
+    key_rotation: Option<(std::time::Duration, std::time::Duration)>,
+    revoker: Revoker,
+    purge_interval: std::time::Duration,
     metrics: ServiceMetrics,
     metrics_endpoint: Option<MetricsEndpoint>,
     max_concurrent_requests: usize,
@@ -54,10 +68,17 @@ pub struct BoundServer {
 /// Opens the store and a password hasher with the configured parameters, for the server and
 /// the offline `user` subcommands.
 pub async fn open_users(config: &Config) -> Result<(SledStore, Users), Error> {
+    let (store, users, _) = open_accounts(config).await?;
+    Ok((store, users))
+}
+
+/// Opens the store, the user accounts and the revoker that disabling a user goes through.
+async fn open_accounts(config: &Config) -> Result<(SledStore, Users, Revoker), Error> {
     let store = SledStore::open(&config.data_dir).await?;
     let hasher = PasswordHasher::new(config.hash_params(), config.hash_concurrency()).await?;
-    let users = Users::new(Arc::new(store.clone()), hasher);
-    Ok((store, users))
+    let revoker = Revoker::load(Arc::new(store.clone()), config.token_ttl(), config.leeway()).await?;
+    let users = Users::new(Arc::new(store.clone()), hasher).with_revoker(revoker.clone());
+    Ok((store, users, revoker))
 }
 
 /// Validates the configuration, opens storage, loads or creates the signing key, creates the
@@ -71,8 +92,12 @@ pub async fn bind(config: Config) -> Result<BoundServer, Error> {
     let policy = load_policy(&policy_source)?;
     let shadow_policy = shadow_source.as_ref().map(load_policy).transpose()?;
 
-    let (store, users) = open_users(&config).await?;
-    let keys = Arc::new(KeyRing::load_or_create(&store).await?);
+    let (store, users, revoker) = open_accounts(&config).await?;
+    let keys = Arc::new(
+        KeyRing::load_or_create(&store)
+            .await?
+            .retiring_after(config.token_ttl() + config.leeway())?,
+    );
     create_bootstrap_admin(&config, &users).await?;
 
     let issuer = TokenIssuer::new(
@@ -88,11 +113,21 @@ pub async fn bind(config: Config) -> Result<BoundServer, Error> {
             audience: config.audience.clone(),
             leeway: config.leeway(),
         },
+    )
+    .with_revocations(revoker.list().clone());
+    let sessions = Sessions::new(
+        Arc::new(store.clone()),
+        Arc::new(store.clone()),
+        issuer.clone(),
+        revoker.clone(),
+        config.refresh_token_ttl(),
     );
+    let throttle = config.throttle.open(&config.data_dir)?;
     // The guard verifies with this service's own keys, so it needs no key fetch.
     let guard = Arc::new(Guard::new(verifier.clone(), policy));
     guard.set_shadow_policy(shadow_policy);
-    let api = AuthApi::new(users.clone(), issuer, verifier, &keys);
+    let api = AuthApi::new(users.clone(), issuer, verifier, &keys, sessions)
+        .with_login_throttle(throttle.clone());
 
     let metrics = ServiceMetrics::new(&store);
     let metrics_endpoint = match config.metrics_listen {
@@ -124,6 +159,17 @@ pub async fn bind(config: Config) -> Result<BoundServer, Error> {
         guard,
         policy_source,
         shadow_source,
+        throttle,
+        reflection: config.reflection,
+        keys,
+        key_rotation: (config.keys.key_rotation_secs > 0).then(|| {
+            (
+                std::time::Duration::from_secs(config.keys.key_rotation_secs),
+                config.keys.lead(),
+            )
+        }),
+        revoker,
+        purge_interval: config.session_purge_interval(),
         metrics,
         metrics_endpoint,
         max_concurrent_requests: usize::try_from(config.max_concurrent_requests)
@@ -178,10 +224,17 @@ impl BoundServer {
         for name in [SERVICE_NAME, USER_SERVICE_NAME] {
             health.set_service_status(name, ServingStatus::Serving).await;
         }
-        let reflection_v1 = reflection_builder().build_v1().map_err(Error::Reflection)?;
-        let reflection_v1alpha = reflection_builder()
-            .build_v1alpha()
-            .map_err(Error::Reflection)?;
+        let (reflection_v1, reflection_v1alpha) = match self.reflection {
+            Reflection::On => (
+                Some(reflection_builder().build_v1().map_err(Error::Reflection)?),
+                Some(
+                    reflection_builder()
+                        .build_v1alpha()
+                        .map_err(Error::Reflection)?,
+                ),
+            ),
+            Reflection::Off => (None, None),
+        };
         let auth = AuthServiceServer::new(self.api).max_decoding_message_size(MAX_REQUEST_BYTES);
         let user_admin = UserServiceServer::new(UserApi::new(self.users.clone()))
             .max_decoding_message_size(MAX_REQUEST_BYTES);
@@ -195,6 +248,15 @@ impl BoundServer {
             source,
         })?;
 
+        let purge = self.revoker.spawn_purge(self.purge_interval);
+        let rotation = self.key_rotation.map(|(every, lead)| {
+            tokio::spawn(crate::keys::rotate_periodically(
+                Arc::clone(&self.keys),
+                Arc::new(self.store.clone()),
+                every,
+                lead,
+            ))
+        });
         let metrics_task = self.metrics_endpoint.map(|endpoint| {
             tracing::info!(metrics.addr = %endpoint.local_addr(), "metrics endpoint listening");
             tokio::spawn(async move {
@@ -203,9 +265,12 @@ impl BoundServer {
                 }
             })
         });
+        let revoker = self.revoker.clone();
         let shutdown = async move {
             shutdown.await;
             tracing::info!("shutdown requested; finishing in-flight requests");
+            // Revocation streams never end by themselves, so graceful shutdown would wait forever.
+            revoker.close_streams();
             for name in ["", SERVICE_NAME, USER_SERVICE_NAME] {
                 health
                     .set_service_status(name, ServingStatus::NotServing)
@@ -220,19 +285,27 @@ impl BoundServer {
                 self.metrics.shed.clone(),
             ))
             .layer(GuardLayer::new(Arc::clone(&self.guard)))
+            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
             .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
+            .add_optional_service(reflection_v1)
+            .add_optional_service(reflection_v1alpha)
             .add_service(auth)
             .add_service(user_admin)
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await
             .map_err(Error::Transport);
         reload.abort();
+        purge.abort();
         if let Some(metrics_task) = metrics_task {
             metrics_task.abort();
         }
+        if let Some(rotation) = rotation {
+            rotation.abort();
+        }
 
+        if let Err(error) = self.throttle.flush() {
+            tracing::warn!(error = %error.report(), "flushing the login throttle counters failed");
+        }
         let flushed = self.store.flush().await;
         served.and(flushed)
     }

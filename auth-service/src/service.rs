@@ -1,21 +1,30 @@
 //! The `school.auth.v1.AuthService` gRPC handlers.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use school_guard::Identity;
+use school_guard::bearer::bearer_token;
 use school_guard::keys::{ALGORITHM_NAME, CURVE_NAME, jwks_json};
 use school_guard::verify::{MAX_TOKEN_LEN, TokenVerifier};
 use school_proto::auth::v1::auth_service_server::AuthService;
 use school_proto::auth::v1::{
     IssueServiceTokenRequest, IssueServiceTokenResponse, ListPublicKeysRequest,
-    ListPublicKeysResponse, LoginRequest, LoginResponse, PublicKey, TokenInvalidReason,
-    ValidateTokenRequest, ValidateTokenResponse,
+    ListPublicKeysResponse, LoginRequest, LoginResponse, LogoutRequest, LogoutResponse, PublicKey,
+    RefreshTokenRequest, RefreshTokenResponse, TokenInvalidReason, ValidateTokenRequest,
+    ValidateTokenResponse, WatchRevocationsRequest, WatchRevocationsResponse,
 };
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use tracing::field;
 
 use crate::error::Error;
 use crate::keys::KeyRing;
 use crate::password::Password;
+use crate::sessions::{RefreshToken, Sessions};
+use crate::role::Role;
+use crate::throttle::{AttemptKeys, LoginThrottle};
 use crate::tokens::TokenIssuer;
 use crate::users::{Users, validate_username};
 
@@ -28,53 +37,82 @@ pub struct AuthApi {
     users: Users,
     issuer: TokenIssuer,
     verifier: TokenVerifier,
-    public_keys: Vec<PublicKey>,
-    jwks_json: String,
+    keys: Arc<KeyRing>,
+    throttle: Option<LoginThrottle>,
+    sessions: Sessions,
 }
 
 impl AuthApi {
     /// Creates the handlers. `verifier` must accept exactly the keys of `keys`, with this
-    /// service's issuer and audience.
+    /// service's issuer and audience, and reject the tokens that `sessions` revokes.
     pub fn new(
         users: Users,
         issuer: TokenIssuer,
         verifier: TokenVerifier,
         keys: &Arc<KeyRing>,
+        sessions: Sessions,
     ) -> Self {
-        let public_keys = keys
-            .public_keys()
-            .iter()
-            .map(|key| PublicKey {
-                key_id: key.key_id.clone(),
-                algorithm: ALGORITHM_NAME.to_owned(),
-                curve: CURVE_NAME.to_owned(),
-                public_key: key.public_key.clone(),
-            })
-            .collect();
-
         Self {
             users,
             issuer,
             verifier,
-            public_keys,
-            jwks_json: jwks_json(keys.public_keys()),
+            keys: Arc::clone(keys),
+            throttle: None,
+            sessions,
         }
     }
 
-    async fn login_user(&self, username: &str, password: Password) -> Result<LoginResponse, Error> {
+    /// Counts failed logins in `throttle` and rejects logins it blocks.
+    pub fn with_login_throttle(mut self, throttle: LoginThrottle) -> Self {
+        self.throttle = Some(throttle);
+        self
+    }
+
+    /// Checks the password unless the throttle blocks the username or the client address, and
+    /// counts the outcome. Only a wrong password, unknown user or disabled account counts as a
+    /// failure.
+    async fn authenticate(
+        &self,
+        username: &str,
+        password: Password,
+        client: Option<SocketAddr>,
+    ) -> Result<Role, Error> {
+        let Some(throttle) = &self.throttle else {
+            return self.users.authenticate(username, password).await;
+        };
+        let keys = AttemptKeys::new(username, client);
+        throttle.check(&keys)?;
+
+        let outcome = self.users.authenticate(username, password).await;
+        match &outcome {
+            Ok(_) => throttle.record_success(&keys).await?,
+            Err(Error::InvalidCredentials) => throttle.record_failure(&keys).await?,
+            Err(_) => {}
+        }
+        outcome
+    }
+
+    async fn login_user(
+        &self,
+        username: &str,
+        password: Password,
+        client: Option<SocketAddr>,
+    ) -> Result<LoginResponse, Error> {
         validate_username(username)?;
         password.validate()?;
         tracing::Span::current().record("user.name", username);
 
-        // TODO: no rate limit or lockout against password guessing.
-        let role = self.users.authenticate(username, password).await?;
+        let role = self.authenticate(username, password, client).await?;
         let issued = self.issuer.issue(username, role)?;
         tracing::info!(token.id = %issued.token_id, "access token issued");
+        let refresh = self.sessions.start(username, &issued).await?;
 
         Ok(LoginResponse {
             access_token: issued.access_token,
             token_type: TOKEN_TYPE.to_owned(),
             expires_in: issued.expires_in,
+            refresh_token: refresh.token.expose().to_owned(),
+            refresh_expires_in: refresh.expires_in,
         })
     }
 
@@ -112,6 +150,21 @@ impl AuthApi {
         })
     }
 
+    /// Verifies the bearer token of a request to a method that the policy lists as public, so
+    /// that the guard layer has not checked it.
+    async fn authenticate_caller(&self, metadata: &MetadataMap) -> Result<Identity, Error> {
+        let headers = metadata.clone().into_headers();
+        let token = bearer_token(&headers).map_err(|error| {
+            tracing::info!(reason = error.as_str(), "request rejected: not authenticated");
+            Error::Credential(error)
+        })?;
+        let claims = self.verifier.verify_async(token).await.map_err(|error| {
+            tracing::info!(reason = error.as_str(), "request rejected: not authenticated");
+            Error::Token(error)
+        })?;
+        Ok(Identity::from(claims))
+    }
+
     fn introspect(&self, token: &str) -> ValidateTokenResponse {
         // The verifier applies the same limit; checking here skips even its first steps.
         if token.len() > MAX_TOKEN_LEN {
@@ -146,17 +199,19 @@ fn rejected(reason: TokenInvalidReason) -> ValidateTokenResponse {
 
 #[tonic::async_trait]
 impl AuthService for AuthApi {
-    /// Returns INVALID_ARGUMENT for an empty or oversized field and UNAUTHENTICATED with the
-    /// same message for every credential failure.
+    /// Returns INVALID_ARGUMENT for an empty or oversized field, UNAUTHENTICATED with the
+    /// same message for every credential failure, and RESOURCE_EXHAUSTED with a RetryInfo
+    /// detail while the login throttle blocks the username or the client address.
     #[tracing::instrument(skip_all, fields(rpc.method = "Login", user.name = field::Empty))]
     async fn login(
         &self,
         request: Request<LoginRequest>,
     ) -> Result<Response<LoginResponse>, Status> {
+        let client = request.remote_addr();
         let LoginRequest { username, password } = request.into_inner();
         let password = Password::new(password);
 
-        let issued = self.login_user(&username, password).await?;
+        let issued = self.login_user(&username, password, client).await?;
 
         Ok(Response::new(issued))
     }
@@ -186,14 +241,70 @@ impl AuthService for AuthApi {
         Ok(Response::new(issued))
     }
 
+    /// Needs no access token. Returns UNAUTHENTICATED (reason INVALID_REFRESH_TOKEN) for every
+    /// refresh token that cannot be exchanged; one used before also revokes its session.
+    #[tracing::instrument(skip_all, fields(rpc.method = "RefreshToken", session.id = field::Empty))]
+    async fn refresh_token(
+        &self,
+        request: Request<RefreshTokenRequest>,
+    ) -> Result<Response<RefreshTokenResponse>, Status> {
+        let presented = RefreshToken::new(request.into_inner().refresh_token);
+
+        let refreshed = self.sessions.refresh(presented).await?;
+
+        Ok(Response::new(refreshed))
+    }
+
+    /// Revokes the session of the caller's access token. Returns UNAUTHENTICATED, with the
+    /// guard layer's reasons, when the token is missing, invalid or already revoked.
+    #[tracing::instrument(skip_all, fields(rpc.method = "Logout"))]
+    async fn logout(
+        &self,
+        request: Request<LogoutRequest>,
+    ) -> Result<Response<LogoutResponse>, Status> {
+        let caller = match request.extensions().get::<Identity>() {
+            Some(identity) => identity.clone(),
+            None => self.authenticate_caller(request.metadata()).await?,
+        };
+
+        self.sessions.logout(&caller).await?;
+
+        Ok(Response::new(LogoutResponse {}))
+    }
+
+    type WatchRevocationsStream = ReceiverStream<Result<WatchRevocationsResponse, Status>>;
+
+    /// Streams the revocation list. Returns RESOURCE_EXHAUSTED when too many streams are open.
+    #[tracing::instrument(skip_all, fields(rpc.method = "WatchRevocations"))]
+    async fn watch_revocations(
+        &self,
+        _request: Request<WatchRevocationsRequest>,
+    ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
+        let stream = self.sessions.revoker().watch()?;
+
+        Ok(Response::new(stream))
+    }
+
     #[tracing::instrument(skip_all, fields(rpc.method = "ListPublicKeys"))]
     async fn list_public_keys(
         &self,
         _request: Request<ListPublicKeysRequest>,
     ) -> Result<Response<ListPublicKeysResponse>, Status> {
+        // Read on every call, so a rotated key is published as soon as it is stored.
+        let published = self.keys.public_keys();
+        let keys = published
+            .iter()
+            .map(|key| PublicKey {
+                key_id: key.key_id.clone(),
+                algorithm: ALGORITHM_NAME.to_owned(),
+                curve: CURVE_NAME.to_owned(),
+                public_key: key.public_key.clone(),
+            })
+            .collect();
+
         Ok(Response::new(ListPublicKeysResponse {
-            keys: self.public_keys.clone(),
-            jwks_json: self.jwks_json.clone(),
+            keys,
+            jwks_json: jwks_json(&published),
         }))
     }
 }

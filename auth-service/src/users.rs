@@ -8,6 +8,7 @@ use crate::clock::unix_now;
 use crate::error::Error;
 use crate::password::{Password, PasswordHasher};
 use crate::role::Role;
+use crate::sessions::Revoker;
 use crate::store::{AccountStore, UserRecord};
 
 /// The longest accepted username, in bytes of UTF-8.
@@ -46,6 +47,8 @@ pub struct Users {
     /// Held by every change that can affect who is an enabled admin, so that the last-admin
     /// check and the change cannot interleave with another such change.
     pub(crate) admin_changes: Arc<tokio::sync::Mutex<()>>,
+    /// Revokes a user's sessions when the user is disabled, deleted or changes role.
+    pub(crate) revoker: Option<Revoker>,
 }
 
 impl fmt::Debug for Users {
@@ -63,6 +66,23 @@ impl Users {
             store,
             hasher,
             admin_changes: Arc::new(tokio::sync::Mutex::new(())),
+            revoker: None,
+        }
+    }
+
+    /// Revokes a user's sessions through `revoker` whenever the user is disabled, deleted or
+    /// given another role. Without it those changes apply to new logins only.
+    pub fn with_revoker(mut self, revoker: Revoker) -> Self {
+        self.revoker = Some(revoker);
+        self
+    }
+
+    /// Revokes every access and refresh token of `username` issued until now, if this handle
+    /// has a revoker.
+    pub async fn revoke_user_sessions(&self, username: &str) -> Result<(), Error> {
+        match &self.revoker {
+            Some(revoker) => revoker.revoke_user_sessions(username).await,
+            None => Ok(()),
         }
     }
 
@@ -122,6 +142,10 @@ impl Users {
 
         let user = self.store.get(username).await?;
         let stored_hash = user.as_ref().map(|user| user.password_hash.as_str());
+        let stale_hash = stored_hash
+            .filter(|hash| self.hasher.needs_rehash(hash))
+            .map(str::to_owned);
+        let retained = stale_hash.as_ref().map(|_| password.clone());
         let password_matches = self.hasher.verify(password, stored_hash).await?;
 
         let outcome = match user {
@@ -133,6 +157,9 @@ impl Users {
         match outcome {
             Ok(role) => {
                 tracing::info!(user.name = %username, outcome = "success", "login");
+                if let (Some(old_hash), Some(password)) = (stale_hash, retained) {
+                    self.upgrade_hash(username, &old_hash, password).await;
+                }
                 Ok(role)
             }
             Err(reason) => {
@@ -142,6 +169,30 @@ impl Users {
         }
     }
 
+    /// Replaces `old_hash` with a hash under the current parameters, unless the password was
+    /// changed in the meantime. A failure is logged and leaves the old hash, which still
+    /// verifies, so the login that triggered it succeeds anyway.
+    async fn upgrade_hash(&self, username: &str, old_hash: &str, password: Password) {
+        let upgraded = async {
+            let new_hash = self.hasher.hash(password).await?;
+            self.store
+                .update_user(username, &|user| {
+                    if user.password_hash == old_hash {
+                        user.password_hash.clone_from(&new_hash);
+                    }
+                    Ok(())
+                })
+                .await
+        };
+        match upgraded.await {
+            Ok(_) => tracing::info!(user.name = %username, "password hash upgraded to the current parameters"),
+            Err(error) => tracing::warn!(
+                user.name = %username,
+                error = %error.report(),
+                "upgrading the password hash failed; the old hash stays"
+            ),
+        }
+    }
 }
 
 /// Checks the length limits of the proto contract: 1 to [`MAX_USERNAME_BYTES`] bytes.
@@ -287,6 +338,49 @@ pub(crate) mod tests {
             .authenticate("root", Password::new("original-pw".into()))
             .await?;
         assert_eq!(role, Role::Teacher);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn login_upgrades_a_weaker_hash() -> Result<(), Box<dyn std::error::Error>> {
+        use crate::store::UserStore as _;
+
+        let dir = tempfile::tempdir()?;
+        let store = Arc::new(SledStore::open(dir.path()).await?);
+        let weak = HashParams {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        };
+        let strong = HashParams {
+            memory_kib: 128,
+            iterations: 2,
+            parallelism: 1,
+        };
+        let old_users = Users::new(store.clone(), PasswordHasher::new(weak, 1).await?);
+        old_users.create("alice", "s3cret-passphrase", Role::Teacher).await?;
+        let users = Users::new(store.clone(), PasswordHasher::new(strong, 1).await?);
+
+        let wrong = users
+            .authenticate("alice", Password::new("wrong-passphrase".into()))
+            .await;
+        let after_failure = store.get("alice").await?.map(|user| user.password_hash);
+        users
+            .authenticate("alice", Password::new("s3cret-passphrase".into()))
+            .await?;
+        let after_success = store.get("alice").await?.map(|user| user.password_hash);
+
+        assert!(matches!(wrong, Err(Error::InvalidCredentials)));
+        assert!(after_failure.is_some_and(|hash| hash.contains("m=64,t=1,p=1")));
+        assert!(
+            after_success
+                .as_deref()
+                .is_some_and(|hash| hash.contains("$argon2id$v=19$m=128,t=2,p=1$")),
+            "{after_success:?}"
+        );
+        users
+            .authenticate("alice", Password::new("s3cret-passphrase".into()))
+            .await?;
         Ok(())
     }
 

@@ -4,14 +4,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
-use school_proto::auth::v1::{IssueServiceTokenRequest, LoginRequest};
 use school_proto::auth::v1::auth_service_client::AuthServiceClient;
+use school_proto::auth::v1::{IssueServiceTokenRequest, LoginRequest, RefreshTokenRequest};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
+use zeroize::Zeroizing;
 
 use crate::credentials::Credentials;
 
@@ -66,8 +67,10 @@ struct CachedToken {
 ///
 /// Created with [`TokenSource::login`], which logs in once and starts a background task that
 /// renews the token before it expires. The task stops when the last handle is dropped.
+/// A user's token is renewed with the refresh token of the last `Login` or `RefreshToken`
+/// response, and with `Login` when there is none or auth-service rejects it.
 /// Renewal is single-flight: whether the background task or any number of callers of
-/// [`TokenSource::token`] find the token due, one `Login` call is made and everyone else waits
+/// [`TokenSource::token`] find the token due, one renewal call is made and everyone else waits
 /// for its result.
 pub struct TokenSource {
     auth: AuthServiceClient<Channel>,
@@ -78,6 +81,10 @@ pub struct TokenSource {
     renewal: tokio::sync::Mutex<()>,
     /// The number of `Login` calls started, successful or not.
     logins: AtomicU64,
+    /// The number of `RefreshToken` calls started, successful or not.
+    refreshes: AtomicU64,
+    /// The refresh token of the current session, taken out while it is being exchanged.
+    refresh_token: std::sync::Mutex<Option<Zeroizing<String>>>,
     /// The number of `Login` calls finished, successful or not.
     finished: AtomicU64,
     /// When the last `Login` call failed and why, if it failed.
@@ -121,6 +128,8 @@ impl TokenSource {
             current: RwLock::new(None),
             renewal: tokio::sync::Mutex::new(()),
             logins: AtomicU64::new(0),
+            refreshes: AtomicU64::new(0),
+            refresh_token: std::sync::Mutex::new(None),
             finished: AtomicU64::new(0),
             last_error: RwLock::new(None),
             renewer: RwLock::new(None),
@@ -153,6 +162,11 @@ impl TokenSource {
     /// Returns the number of `Login` calls made so far, successful or not.
     pub fn login_count(&self) -> u64 {
         self.logins.load(Ordering::SeqCst)
+    }
+
+    /// Returns the number of `RefreshToken` calls made so far, successful or not.
+    pub fn refresh_count(&self) -> u64 {
+        self.refreshes.load(Ordering::SeqCst)
     }
 
     /// Returns the username this source logs in as.
@@ -193,7 +207,10 @@ impl TokenSource {
             }
         }
 
-        let result = self.log_in().await;
+        let result = match self.refresh_session().await {
+            Some(token) => Ok(token),
+            None => self.log_in().await,
+        };
         self.finished.fetch_add(1, Ordering::SeqCst);
         if let Ok(mut last) = self.last_error.write() {
             *last = result
@@ -227,6 +244,7 @@ impl TokenSource {
                     .await
                     .map_err(login_failed)?
                     .into_inner();
+                self.keep_refresh_token(response.refresh_token);
                 (response.access_token, response.expires_in)
             }
             Some(audience) => {
@@ -245,6 +263,51 @@ impl TokenSource {
             }
         };
 
+        self.cached_token(&access_token, expires_in, sent_at)
+    }
+
+    /// Exchanges the refresh token of the last `Login`, if there is one, for a new access token
+    /// and refresh token. Returns `None` when there is none or the exchange fails, so that the
+    /// caller logs in instead.
+    async fn refresh_session(&self) -> Option<CachedToken> {
+        let refresh_token = self.refresh_token.lock().ok()?.take()?;
+        let sent_at = Instant::now();
+        self.refreshes.fetch_add(1, Ordering::SeqCst);
+        let request = RefreshTokenRequest {
+            refresh_token: refresh_token.to_string(),
+        };
+        let response = match self.auth.clone().refresh_token(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => {
+                tracing::info!(
+                    user.name = self.credentials.username(),
+                    code = ?status.code(),
+                    "refresh token rejected; logging in again"
+                );
+                return None;
+            }
+        };
+        self.keep_refresh_token(response.refresh_token);
+        self.cached_token(&response.access_token, response.expires_in, sent_at)
+            .ok()
+    }
+
+    /// Keeps a refresh token for the next renewal; an empty one, from an auth-service without
+    /// sessions, is dropped.
+    fn keep_refresh_token(&self, token: String) {
+        if let Ok(mut slot) = self.refresh_token.lock() {
+            *slot = Some(Zeroizing::new(token)).filter(|token| !token.is_empty());
+        }
+    }
+
+    /// Builds the cached form of an access token that lives `expires_in` seconds from
+    /// `sent_at`.
+    fn cached_token(
+        &self,
+        access_token: &str,
+        expires_in: i64,
+        sent_at: Instant,
+    ) -> Result<CachedToken, ClientError> {
         let lifetime = u64::try_from(expires_in)
             .ok()
             .filter(|&seconds| seconds > 0)

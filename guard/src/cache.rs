@@ -68,6 +68,7 @@ impl TokenCache {
         let entries = Cache::builder()
             .max_capacity(capacity)
             .expire_after(UntilTokenExpiry)
+            .support_invalidation_closures()
             .build();
         TokenCache { entries }
     }
@@ -97,6 +98,19 @@ impl TokenCache {
     /// Removes `token`, so that its next use is verified in full. Revocation calls this.
     pub fn remove(&self, token: &str) {
         self.entries.invalidate(&digest_of(token));
+    }
+
+    /// Removes every token whose claims match `predicate`, as when a revocation arrives that
+    /// names tokens by `jti` or subject rather than by their text.
+    pub fn remove_where(&self, predicate: impl Fn(&Claims) -> bool + Send + Sync + 'static) {
+        // The builder enables invalidation closures, so this fails only if that line is removed.
+        if let Err(error) = self
+            .entries
+            .invalidate_entries_if(move |_, entry| predicate(&entry.claims))
+        {
+            tracing::error!(%error, "removing revoked tokens from the cache failed; clearing it");
+            self.entries.invalidate_all();
+        }
     }
 
     /// Removes every entry, as after a key is withdrawn.

@@ -20,6 +20,7 @@ pub mod policy;
 pub mod rejection;
 pub mod reload;
 pub mod remote;
+pub mod revocation;
 pub mod verify;
 
 pub use identity::{Access, Grant, Identity};

@@ -10,6 +10,7 @@
 //! | `MALFORMED_CREDENTIALS` | `UNAUTHENTICATED` | the entry is not one `Bearer <token>` | `problem` |
 //! | `TOKEN_EXPIRED` | `UNAUTHENTICATED` | `exp` is in the past | none |
 //! | `TOKEN_NOT_YET_VALID` | `UNAUTHENTICATED` | `nbf` is in the future | none |
+//! | `TOKEN_REVOKED` | `UNAUTHENTICATED` | the token was revoked, as by `Logout` | none |
 //! | `TOKEN_INVALID` | `UNAUTHENTICATED` | any other token failure | `problem` |
 //! | `PERMISSION_DENIED` | `PERMISSION_DENIED` | the caller's role may not call the method | `method`, `role`, `permission`, `allowed_roles` |
 //! | `NO_POLICY_RULE` | `PERMISSION_DENIED` | the policy does not name the method | `method` |
@@ -39,6 +40,8 @@ pub const MALFORMED_CREDENTIALS: &str = "MALFORMED_CREDENTIALS";
 pub const TOKEN_EXPIRED: &str = "TOKEN_EXPIRED";
 /// `ErrorInfo.reason` when the token's `nbf` is in the future, usually because of clock skew.
 pub const TOKEN_NOT_YET_VALID: &str = "TOKEN_NOT_YET_VALID";
+/// `ErrorInfo.reason` when the token was revoked before its `exp`: log in again.
+pub const TOKEN_REVOKED: &str = "TOKEN_REVOKED";
 /// `ErrorInfo.reason` for every other token failure.
 pub const TOKEN_INVALID: &str = "TOKEN_INVALID";
 /// `ErrorInfo.reason` when the caller's role may not call the method.
@@ -64,6 +67,7 @@ pub fn token_rejected(error: TokenError) -> Status {
     let (reason, metadata) = match error {
         TokenError::Expired => (TOKEN_EXPIRED, HashMap::new()),
         TokenError::NotYetValid => (TOKEN_NOT_YET_VALID, HashMap::new()),
+        TokenError::Revoked => (TOKEN_REVOKED, HashMap::new()),
         TokenError::Malformed
         | TokenError::BadSignature
         | TokenError::UnknownKey
@@ -177,6 +181,7 @@ mod tests {
         let cases = [
             (TokenError::Expired, TOKEN_EXPIRED),
             (TokenError::NotYetValid, TOKEN_NOT_YET_VALID),
+            (TokenError::Revoked, TOKEN_REVOKED),
             (TokenError::Malformed, TOKEN_INVALID),
             (TokenError::BadSignature, TOKEN_INVALID),
             (TokenError::UnknownKey, TOKEN_INVALID),

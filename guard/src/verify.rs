@@ -23,6 +23,7 @@ use tokio::sync::Semaphore;
 use crate::cache::{DEFAULT_CAPACITY, TokenCache};
 use crate::claims::Claims;
 use crate::keys::{ALGORITHM, ALGORITHM_NAME, KeySet};
+use crate::revocation::RevocationList;
 
 /// The largest token accepted, in bytes. Our tokens are about 400 bytes; the limit keeps a
 /// hostile token from costing more than a few microseconds of parsing.
@@ -72,6 +73,9 @@ pub enum TokenError {
     /// A required claim is missing.
     #[error("access token lacks a required claim")]
     MissingClaim,
+    /// The token is on the revocation list.
+    #[error("access token has been revoked")]
+    Revoked,
 }
 
 impl TokenError {
@@ -87,6 +91,7 @@ impl TokenError {
             TokenError::WrongAudience => TokenInvalidReason::WrongAudience,
             TokenError::UnsupportedAlgorithm => TokenInvalidReason::UnsupportedAlgorithm,
             TokenError::MissingClaim => TokenInvalidReason::MissingClaim,
+            TokenError::Revoked => TokenInvalidReason::Revoked,
         }
     }
 
@@ -102,6 +107,7 @@ impl TokenError {
             TokenError::WrongAudience => "wrong_audience",
             TokenError::UnsupportedAlgorithm => "unsupported_algorithm",
             TokenError::MissingClaim => "missing_claim",
+            TokenError::Revoked => "revoked",
         }
     }
 }
@@ -126,6 +132,8 @@ pub struct TokenVerifier {
     cache: TokenCache,
     /// Limits the signature checks that [`TokenVerifier::verify_async`] runs at once.
     signature_slots: Arc<Semaphore>,
+    /// Tokens rejected after they verify, when set.
+    revocations: Option<RevocationList>,
 }
 
 impl TokenVerifier {
@@ -144,7 +152,15 @@ impl TokenVerifier {
             validation,
             cache: TokenCache::new(DEFAULT_CAPACITY),
             signature_slots: Arc::new(Semaphore::new(signature_slots())),
+            revocations: None,
         }
+    }
+
+    /// Rejects every token on `revocations` with [`TokenError::Revoked`], checked after the
+    /// token verifies, whether it came from the cache or not.
+    pub fn with_revocations(mut self, revocations: RevocationList) -> Self {
+        self.revocations = Some(revocations);
+        self
     }
 
     /// Replaces the cache with one of at most `capacity` tokens; 0 turns caching off.
@@ -171,11 +187,11 @@ impl TokenVerifier {
     /// Verifies `token` and returns its claims, from the cache when the token passed before.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         if let Some(claims) = self.cached(token) {
-            return Ok(claims);
+            return self.check_revoked(claims);
         }
         let (claims, key_id) = self.verify_at(token, unix_now())?;
         self.cache.insert(token, &key_id, &claims);
-        Ok(claims)
+        self.check_revoked(claims)
     }
 
     /// Verifies `token` like [`TokenVerifier::verify`], but runs the signature check on tokio's
@@ -186,7 +202,7 @@ impl TokenVerifier {
     /// instead of occupying the async workers that serve callers whose tokens are cached.
     pub async fn verify_async(&self, token: &str) -> Result<Claims, TokenError> {
         if let Some(claims) = self.cached(token) {
-            return Ok(claims);
+            return self.check_revoked(claims);
         }
         let now = unix_now();
         let (header, payload) = split_token(token)?;
@@ -212,7 +228,17 @@ impl TokenVerifier {
             })?;
         let (claims, key_id) = verified?;
         self.cache.insert(token, &key_id, &claims);
-        Ok(claims)
+        self.check_revoked(claims)
+    }
+
+    /// Fails with [`TokenError::Revoked`] if the revocation list names the token. A revoked
+    /// token stays in the cache until the revocation's own removal runs, and is rejected here
+    /// meanwhile.
+    fn check_revoked(&self, claims: Claims) -> Result<Claims, TokenError> {
+        match &self.revocations {
+            Some(list) if list.is_revoked(&claims) => Err(TokenError::Revoked),
+            _ => Ok(claims),
+        }
     }
 
     /// Returns the claims of `token` if it passed before, has not expired and its signing key
@@ -654,6 +680,32 @@ mod tests {
 
         verifier.cache().remove(&token);
         assert_eq!(verifier.cached(&token), None);
+    }
+
+    #[test]
+    fn revoked_token_is_rejected_even_when_cached() {
+        let signer = signer();
+        let revocations = RevocationList::new();
+        let verifier = verifier(&signer).with_revocations(revocations.clone());
+        let now = unix_now();
+        let token = sign(&signer, &claims(now));
+        assert!(verifier.verify(&token).is_ok());
+
+        revocations.insert(crate::revocation::RevokedEntry::Token {
+            token_id: crate::revocation::digest_of(&claims(now).jti),
+            expires_at: now + 900,
+        });
+
+        assert!(verifier.cached(&token).is_some());
+        assert_eq!(verifier.verify(&token), Err(TokenError::Revoked));
+        let other = sign(
+            &signer,
+            &Claims {
+                jti: "id-2".into(),
+                ..claims(now)
+            },
+        );
+        assert!(verifier.verify(&other).is_ok());
     }
 
     #[test]

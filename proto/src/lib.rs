@@ -45,6 +45,28 @@ impl fmt::Debug for auth::v1::LoginResponse {
             .field("access_token", &REDACTED)
             .field("token_type", &self.token_type)
             .field("expires_in", &self.expires_in)
+            .field("refresh_token", &REDACTED)
+            .field("refresh_expires_in", &self.refresh_expires_in)
+            .finish()
+    }
+}
+
+impl fmt::Debug for auth::v1::RefreshTokenRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefreshTokenRequest")
+            .field("refresh_token", &REDACTED)
+            .finish()
+    }
+}
+
+impl fmt::Debug for auth::v1::RefreshTokenResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefreshTokenResponse")
+            .field("access_token", &REDACTED)
+            .field("token_type", &self.token_type)
+            .field("expires_in", &self.expires_in)
+            .field("refresh_token", &REDACTED)
+            .field("refresh_expires_in", &self.refresh_expires_in)
             .finish()
     }
 }
@@ -131,6 +153,8 @@ mod tests {
             access_token: "eyJ.secret.token".into(),
             token_type: "Bearer".into(),
             expires_in: 900,
+            refresh_token: "refresh-secret.token".into(),
+            refresh_expires_in: 604_800,
         };
         let validate = ValidateTokenRequest {
             token: "eyJ.secret.token".into(),

@@ -102,6 +102,11 @@ pub struct Config {
     #[arg(long, env = "STUDENT_SHADOW_POLICY", value_name = "FILE")]
     pub shadow_policy: Option<PathBuf>,
 
+    /// Whether the server reflection service answers; `off` hides the method list from
+    /// unauthenticated callers.
+    #[arg(long, env = "STUDENT_REFLECTION", value_enum, default_value_t = Reflection::On)]
+    pub reflection: Reflection,
+
     /// Format of the log lines written to standard error.
     #[arg(long, env = "STUDENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -121,6 +126,15 @@ pub struct Config {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub max_concurrent_requests: u32,
+}
+
+/// Whether server reflection is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Reflection {
+    /// Serve `grpc.reflection.v1` and `v1alpha` without a token.
+    On,
+    /// Do not serve reflection; calls to it fail with UNIMPLEMENTED.
+    Off,
 }
 
 /// Output format of the logs.

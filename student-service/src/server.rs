@@ -8,6 +8,7 @@ use std::time::Duration;
 use school_guard::keys::KeySet;
 use school_guard::reload::{PolicySource, reload_on_sighup, served_methods};
 use school_guard::remote::KeyFetcher;
+use school_guard::revocation::{RevocationList, RevocationWatcher};
 use school_guard::verify::{TokenVerifier, VerifierConfig};
 use school_guard::{Guard, GuardLayer, Policy};
 use school_ops::{ConcurrencyLimitLayer, MetricsEndpoint};
@@ -21,7 +22,7 @@ use tonic::transport::{Endpoint, Server};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::config::Config;
+use crate::config::{Config, Reflection};
 use crate::error::Error;
 use crate::operations::{ServiceMetrics, refresh_keys};
 use crate::service::StudentApi;
@@ -30,8 +31,21 @@ use crate::store::{SledStore, StudentStore};
 /// Name of the health service, advertised through reflection.
 const HEALTH_SERVICE_NAME: &str = "grpc.health.v1.Health";
 
+/// The largest request message accepted, in bytes; tonic's default is 4 MiB. The largest valid
+/// request, a CreateStudent with every field at its limit, is well under 2 KiB.
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// The largest HTTP/2 header list (all metadata of one request, uncompressed, as RFC 9113
+/// counts it) accepted, in bytes. An 8 KiB token and the usual gRPC headers fit; hyper's
+/// default is 16 MiB.
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+
 /// Maximum time to establish the connection to auth-service.
 const AUTH_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The interval of HTTP/2 keep-alive pings on the revocation stream, and the time to wait for
+/// each answer.
+const REVOCATION_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Maximum time of one call to auth-service.
 const AUTH_CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,10 +60,12 @@ pub struct BoundServer {
     policy_source: PolicySource,
     shadow_source: Option<PolicySource>,
     fetcher: Arc<KeyFetcher>,
+    revocation_watcher: RevocationWatcher,
     key_refresh: Duration,
     metrics: ServiceMetrics,
     metrics_endpoint: Option<MetricsEndpoint>,
     max_concurrent_requests: usize,
+    reflection: Reflection,
     /// Health `Watch` streams never end by themselves, so graceful shutdown needs a bound.
     shutdown_grace: Duration,
 }
@@ -66,7 +82,6 @@ pub async fn bind(config: Config) -> Result<BoundServer, Error> {
 
     let store = Arc::new(SledStore::open(&config.data_dir)?);
     tracing::info!(data_dir = %config.data_dir.display(), "student database opened");
-
     let metrics = ServiceMetrics::new(&store);
     let metrics_endpoint = match config.metrics_listen {
         Some(addr) => Some(
@@ -90,16 +105,23 @@ pub async fn bind(config: Config) -> Result<BoundServer, Error> {
 
     // `validate` has already accepted the URL, so this error is unreachable unless the two
     // checks drift apart.
-    let channel = Endpoint::from_shared(config.auth_url.clone())
+    let endpoint = Endpoint::from_shared(config.auth_url.clone())
         .map_err(|_| Error::InvalidConfig {
             flag: "--auth-url",
             env: "STUDENT_AUTH_URL",
             reason: format!("{:?} is not a valid URL", config.auth_url),
         })?
-        .connect_timeout(AUTH_CONNECT_TIMEOUT)
-        .timeout(AUTH_CALL_TIMEOUT)
+        .connect_timeout(AUTH_CONNECT_TIMEOUT);
+    let channel = endpoint.clone().timeout(AUTH_CALL_TIMEOUT).connect_lazy();
+    // The revocation stream stays open, so its channel has no call timeout; keep-alive pings
+    // notice a connection that died without a reset, so the watcher can resubscribe.
+    let revocation_channel = endpoint
+        .http2_keep_alive_interval(REVOCATION_KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(REVOCATION_KEEP_ALIVE_INTERVAL)
+        .keep_alive_while_idle(true)
         .connect_lazy();
     let keys = KeySet::new();
+    let revocations = RevocationList::new();
     let fetcher = Arc::new(KeyFetcher::new(
         AuthServiceClient::new(channel),
         keys.clone(),
@@ -111,6 +133,12 @@ pub async fn bind(config: Config) -> Result<BoundServer, Error> {
             audience: config.audience.clone(),
             leeway: config.leeway(),
         },
+    )
+    .with_revocations(revocations.clone());
+    let revocation_watcher = RevocationWatcher::new(
+        AuthServiceClient::new(revocation_channel),
+        revocations,
+        verifier.cache().clone(),
     );
     let guard = Arc::new(Guard::new(verifier, policy).with_key_fetcher(Arc::clone(&fetcher)));
     guard.set_shadow_policy(shadow_policy);
@@ -123,11 +151,13 @@ pub async fn bind(config: Config) -> Result<BoundServer, Error> {
         policy_source,
         shadow_source,
         fetcher,
+        revocation_watcher,
         key_refresh: config.key_refresh_interval(),
         metrics,
         metrics_endpoint,
         max_concurrent_requests: usize::try_from(config.max_concurrent_requests)
             .unwrap_or(usize::MAX),
+        reflection: config.reflection,
         shutdown_grace: config.shutdown_grace(),
     })
 }
@@ -135,7 +165,9 @@ pub async fn bind(config: Config) -> Result<BoundServer, Error> {
 impl BoundServer {
     /// Returns the bound address of the metrics endpoint, when `--metrics-listen` is set.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_endpoint.as_ref().map(MetricsEndpoint::local_addr)
+        self.metrics_endpoint
+            .as_ref()
+            .map(MetricsEndpoint::local_addr)
     }
 
     /// Returns the address the listener is bound to, with the actual port when port 0 was
@@ -157,11 +189,20 @@ impl BoundServer {
         let (health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, ServingStatus::NotServing).await;
 
-        let reflection_v1 = reflection_builder().build_v1().map_err(Error::Reflection)?;
-        let reflection_v1alpha = reflection_builder()
-            .build_v1alpha()
-            .map_err(Error::Reflection)?;
-        let students = StudentServiceServer::new(StudentApi::new(Arc::clone(&self.store)));
+        let (reflection_v1, reflection_v1alpha) = match self.reflection {
+            Reflection::On => (
+                Some(reflection_builder().build_v1().map_err(Error::Reflection)?),
+                Some(
+                    reflection_builder()
+                        .build_v1alpha()
+                        .map_err(Error::Reflection)?,
+                ),
+            ),
+            Reflection::Off => (None, None),
+        };
+        let students = StudentServiceServer::new(StudentApi::new(Arc::clone(&self.store)))
+            .max_decoding_message_size(MAX_REQUEST_BYTES);
+
         let reload = reload_on_sighup(
             Arc::clone(&self.guard),
             self.policy_source,
@@ -177,7 +218,7 @@ impl BoundServer {
                 None
             }
         };
-
+        let revocation_task = AbortOnDrop(self.revocation_watcher.spawn());
         let keys_task = tokio::spawn(load_keys(
             Arc::clone(&self.fetcher),
             health.clone(),
@@ -213,6 +254,7 @@ impl BoundServer {
         };
 
         let serving = Server::builder()
+            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
             // Outermost first: metrics see shed requests and guard rejections too.
             .layer(self.metrics.metrics.layer())
             .layer(ConcurrencyLimitLayer::new(
@@ -221,8 +263,8 @@ impl BoundServer {
             ))
             .layer(GuardLayer::new(self.guard))
             .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
+            .add_optional_service(reflection_v1)
+            .add_optional_service(reflection_v1alpha)
             .add_service(students)
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal);
         let served = tokio::select! {
@@ -239,8 +281,9 @@ impl BoundServer {
         };
 
         keys_task.abort();
-        drop(metrics_task);
+        drop(revocation_task);
         drop(reload_task);
+        drop(metrics_task);
         let flushed = self.store.flush().await;
         served?;
         flushed

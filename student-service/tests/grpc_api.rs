@@ -20,8 +20,9 @@ use school_guard::keys::key_id_for;
 use school_proto::auth::v1::auth_service_server::{AuthService, AuthServiceServer};
 use school_proto::auth::v1::{
     IssueServiceTokenRequest, IssueServiceTokenResponse, ListPublicKeysRequest,
-    ListPublicKeysResponse, LoginRequest, LoginResponse, PublicKey, ValidateTokenRequest,
-    ValidateTokenResponse,
+    ListPublicKeysResponse, LoginRequest, LoginResponse, LogoutRequest, LogoutResponse, PublicKey,
+    RefreshTokenRequest, RefreshTokenResponse, ValidateTokenRequest, ValidateTokenResponse,
+    WatchRevocationsRequest, WatchRevocationsResponse,
 };
 use school_proto::student::v1::student_service_client::StudentServiceClient;
 use school_proto::student::v1::{
@@ -114,6 +115,28 @@ impl AuthService for FakeAuth {
         &self,
         _: Request<IssueServiceTokenRequest>,
     ) -> Result<Response<IssueServiceTokenResponse>, Status> {
+        Err(Status::unimplemented("not part of the fake"))
+    }
+
+    async fn refresh_token(
+        &self,
+        _: Request<RefreshTokenRequest>,
+    ) -> Result<Response<RefreshTokenResponse>, Status> {
+        Err(Status::unimplemented("not part of the fake"))
+    }
+
+    async fn logout(&self, _: Request<LogoutRequest>) -> Result<Response<LogoutResponse>, Status> {
+        Err(Status::unimplemented("not part of the fake"))
+    }
+
+    type WatchRevocationsStream = tokio_stream::Empty<Result<WatchRevocationsResponse, Status>>;
+
+    /// Answers UNIMPLEMENTED, so the guard's revocation watcher retries in the background
+    /// while the tests run without revocations.
+    async fn watch_revocations(
+        &self,
+        _: Request<WatchRevocationsRequest>,
+    ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
         Err(Status::unimplemented("not part of the fake"))
     }
 

@@ -13,8 +13,10 @@ use integration_tests::{ADMIN, PASSWORD, STUDENT, Stack, with_token};
 use school_client::{Credentials, TokenSource, error_info};
 use school_proto::auth::v1::auth_service_server::{AuthService, AuthServiceServer};
 use school_proto::auth::v1::{
-    ListPublicKeysRequest, ListPublicKeysResponse, LoginRequest, LoginResponse,
-    ValidateTokenRequest, ValidateTokenResponse,
+    IssueServiceTokenRequest, IssueServiceTokenResponse, ListPublicKeysRequest,
+    ListPublicKeysResponse, LoginRequest, LoginResponse, LogoutRequest, LogoutResponse,
+    RefreshTokenRequest, RefreshTokenResponse, ValidateTokenRequest, ValidateTokenResponse,
+    WatchRevocationsRequest, WatchRevocationsResponse,
 };
 use school_proto::student::v1::student_service_client::StudentServiceClient;
 use school_proto::student::v1::{CreateStudentRequest, DeleteStudentRequest, Student};
@@ -47,6 +49,9 @@ impl AuthService for CountingAuth {
             access_token: format!("token-{number}"),
             token_type: "Bearer".to_owned(),
             expires_in: self.lifetime_secs,
+            // No refresh token, so every renewal is a Login and the counts below hold.
+            refresh_token: String::new(),
+            refresh_expires_in: 0,
         }))
     }
 
@@ -61,6 +66,34 @@ impl AuthService for CountingAuth {
         &self,
         _: Request<ListPublicKeysRequest>,
     ) -> Result<Response<ListPublicKeysResponse>, Status> {
+        Err(Status::unimplemented("not needed by these tests"))
+    }
+
+    async fn issue_service_token(
+        &self,
+        _: Request<IssueServiceTokenRequest>,
+    ) -> Result<Response<IssueServiceTokenResponse>, Status> {
+        Err(Status::unimplemented("not needed by these tests"))
+    }
+
+    async fn refresh_token(
+        &self,
+        _: Request<RefreshTokenRequest>,
+    ) -> Result<Response<RefreshTokenResponse>, Status> {
+        Err(Status::unimplemented("not needed by these tests"))
+    }
+
+    async fn logout(&self, _: Request<LogoutRequest>) -> Result<Response<LogoutResponse>, Status> {
+        Err(Status::unimplemented("not needed by these tests"))
+    }
+
+    type WatchRevocationsStream =
+        tokio_stream::Empty<Result<WatchRevocationsResponse, Status>>;
+
+    async fn watch_revocations(
+        &self,
+        _: Request<WatchRevocationsRequest>,
+    ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
         Err(Status::unimplemented("not needed by these tests"))
     }
 }

@@ -5,7 +5,9 @@
 //! is durable.
 
 mod accounts;
+mod sessions;
 mod sled_backend;
+mod throttle;
 
 use std::fmt;
 
@@ -15,7 +17,12 @@ use crate::error::Error;
 use crate::role::Role;
 
 pub use accounts::{AccountStore, ServiceAccountRecord, UserChange};
+pub use sessions::{
+    AccessTokenRef, NewRefreshToken, PurgeCounts, RefreshDigest, RefreshTokenState, Rotation,
+    SessionStore, StoredRevocation,
+};
 pub use sled_backend::SledStore;
+pub use throttle::{SledThrottleStore, ThrottleRecord, ThrottleStore};
 
 /// One user account.
 #[derive(Clone, PartialEq, Eq)]

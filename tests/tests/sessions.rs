@@ -1,0 +1,460 @@
+//! Refresh tokens, logout and revocation, through real servers: rotation, reuse detection,
+//! propagation of revocations to student-service, persistence across restarts, revocation of a
+//! disabled user's tokens, and the purge of expired entries.
+
+// The helpers below fail the test the way the test bodies do.
+#![allow(clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use auth_service::Role;
+use integration_tests::{
+    PASSWORD, RunningAuth, RunningStudent, STUDENT, Stack, TEACHER, with_token,
+};
+use school_proto::auth::v1::{
+    LoginRequest, LoginResponse, LogoutRequest, RefreshTokenRequest, TokenInvalidReason,
+    ValidateTokenRequest, WatchRevocationsRequest,
+};
+use school_proto::student::v1::ListStudentsRequest;
+use tonic::{Code, Status};
+use tonic_types::StatusExt as _;
+
+/// How long a revocation may take to reach student-service before a test fails: the one second
+/// that revocation promises. Measured delays are a few milliseconds.
+const PROPAGATION_LIMIT: Duration = Duration::from_secs(1);
+
+/// How long a test waits for a resubscription after auth-service restarts.
+const RECONNECT_LIMIT: Duration = Duration::from_secs(15);
+
+fn reason(status: &Status) -> String {
+    status
+        .get_error_details()
+        .error_info()
+        .map(|info| info.reason.clone())
+        .unwrap_or_default()
+}
+
+async fn login(auth: &RunningAuth, username: &str) -> LoginResponse {
+    auth.client()
+        .await
+        .login(LoginRequest {
+            username: username.to_owned(),
+            password: PASSWORD.to_owned(),
+        })
+        .await
+        .expect("login")
+        .into_inner()
+}
+
+async fn refresh(
+    auth: &RunningAuth,
+    refresh_token: &str,
+) -> Result<school_proto::auth::v1::RefreshTokenResponse, Status> {
+    auth.client()
+        .await
+        .refresh_token(RefreshTokenRequest {
+            refresh_token: refresh_token.to_owned(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn logout(auth: &RunningAuth, access_token: &str) -> Result<(), Status> {
+    auth.client()
+        .await
+        .logout(with_token(LogoutRequest {}, access_token))
+        .await
+        .map(|_| ())
+}
+
+/// Calls ListStudents, which teachers may call, with `token`.
+async fn list_students(student: &RunningStudent, token: &str) -> Result<(), Status> {
+    student
+        .client()
+        .await
+        .list_students(with_token(ListStudentsRequest::default(), token))
+        .await
+        .map(|_| ())
+}
+
+/// Polls student-service with `token` until it is rejected, and returns the rejection and how
+/// long it took, or fails the test after `limit`.
+async fn wait_for_rejection(
+    student: &RunningStudent,
+    token: &str,
+    limit: Duration,
+) -> (Status, Duration) {
+    let mut client = student.client().await;
+    let started = Instant::now();
+    loop {
+        let result = client
+            .list_students(with_token(ListStudentsRequest::default(), token))
+            .await;
+        if let Err(status) = result {
+            return (status, started.elapsed());
+        }
+        assert!(
+            started.elapsed() < limit,
+            "student-service still accepts the token after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn assert_revoked(status: &Status) {
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert_eq!(reason(status), "TOKEN_REVOKED", "{status:?}");
+}
+
+#[tokio::test]
+async fn login_returns_a_refresh_token() {
+    let stack = Stack::start().await;
+
+    let login = login(&stack.auth, STUDENT).await;
+
+    assert!(login.refresh_token.len() >= 43, "256 bits in base64url");
+    assert_eq!(login.refresh_expires_in, 7 * 24 * 60 * 60);
+    assert_eq!(login.expires_in, 15 * 60);
+}
+
+#[tokio::test]
+async fn refresh_rotates_the_refresh_token() {
+    let stack = Stack::start().await;
+    let first = login(&stack.auth, TEACHER).await;
+
+    let second = refresh(&stack.auth, &first.refresh_token)
+        .await
+        .expect("first exchange");
+
+    assert_ne!(second.refresh_token, first.refresh_token);
+    assert_ne!(second.access_token, first.access_token);
+    assert_eq!(second.token_type, "Bearer");
+    list_students(&stack.student, &second.access_token)
+        .await
+        .expect("the new access token works");
+    let third = refresh(&stack.auth, &second.refresh_token)
+        .await
+        .expect("the new refresh token works");
+    assert_ne!(third.refresh_token, second.refresh_token);
+}
+
+#[tokio::test]
+async fn reused_refresh_token_revokes_session() {
+    let stack = Stack::start().await;
+    let first = login(&stack.auth, TEACHER).await;
+    let second = refresh(&stack.auth, &first.refresh_token)
+        .await
+        .expect("first exchange");
+    list_students(&stack.student, &second.access_token)
+        .await
+        .expect("token works before the reuse");
+
+    let replayed = refresh(&stack.auth, &first.refresh_token)
+        .await
+        .expect_err("a used refresh token is rejected");
+
+    assert_eq!(replayed.code(), Code::Unauthenticated);
+    assert_eq!(reason(&replayed), "INVALID_REFRESH_TOKEN");
+    let successor = refresh(&stack.auth, &second.refresh_token)
+        .await
+        .expect_err("the whole session is revoked");
+    assert_eq!(reason(&successor), "INVALID_REFRESH_TOKEN");
+    for token in [&first.access_token, &second.access_token] {
+        let (status, _) = wait_for_rejection(&stack.student, token, PROPAGATION_LIMIT).await;
+        assert_revoked(&status);
+    }
+}
+
+#[tokio::test]
+async fn unknown_refresh_tokens_are_rejected() {
+    let stack = Stack::start().await;
+    let access = login(&stack.auth, TEACHER).await.access_token;
+
+    for presented in [
+        "",
+        "not-a-token",
+        &"A".repeat(43),
+        &"A".repeat(10_000),
+        &access,
+    ] {
+        let status = refresh(&stack.auth, presented).await.expect_err("rejected");
+        assert_eq!(status.code(), Code::Unauthenticated, "{}", presented.len());
+        assert_eq!(reason(&status), "INVALID_REFRESH_TOKEN");
+    }
+}
+
+#[tokio::test]
+async fn logout_reaches_student_service_within_a_second() {
+    let stack = Stack::start().await;
+    let mut delays = Vec::new();
+
+    for _ in 0..20 {
+        let session = login(&stack.auth, TEACHER).await;
+        // Cache the token in the guard first, so the revocation must also defeat the cache.
+        list_students(&stack.student, &session.access_token)
+            .await
+            .expect("token works before logout");
+
+        logout(&stack.auth, &session.access_token)
+            .await
+            .expect("logout");
+        let (status, delay) =
+            wait_for_rejection(&stack.student, &session.access_token, PROPAGATION_LIMIT).await;
+
+        assert_revoked(&status);
+        delays.push(delay);
+    }
+
+    delays.sort();
+    println!(
+        "logout to rejection at student-service over {} samples: min {:?}, median {:?}, max {:?}",
+        delays.len(),
+        delays[0],
+        delays[delays.len() / 2],
+        delays[delays.len() - 1]
+    );
+}
+
+#[tokio::test]
+async fn logout_revokes_refresh_token_and_introspection() {
+    let stack = Stack::start().await;
+    let session = login(&stack.auth, TEACHER).await;
+
+    logout(&stack.auth, &session.access_token)
+        .await
+        .expect("logout");
+
+    let refreshed = refresh(&stack.auth, &session.refresh_token)
+        .await
+        .expect_err("refresh after logout");
+    assert_eq!(reason(&refreshed), "INVALID_REFRESH_TOKEN");
+    let introspected = stack
+        .auth
+        .client()
+        .await
+        .validate_token(ValidateTokenRequest {
+            token: session.access_token.clone(),
+        })
+        .await
+        .expect("introspection")
+        .into_inner();
+    assert!(!introspected.valid);
+    assert_eq!(introspected.reason(), TokenInvalidReason::Revoked);
+    let again = logout(&stack.auth, &session.access_token)
+        .await
+        .expect_err("a revoked token cannot log out again");
+    assert_revoked(&again);
+}
+
+#[tokio::test]
+async fn logout_needs_a_valid_access_token() {
+    let stack = Stack::start().await;
+
+    let anonymous = stack
+        .auth
+        .client()
+        .await
+        .logout(LogoutRequest {})
+        .await
+        .expect_err("no token");
+    let forged = logout(&stack.auth, "e30.e30.e30")
+        .await
+        .expect_err("malformed token");
+
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
+    assert_eq!(reason(&anonymous), "MISSING_CREDENTIALS");
+    assert_eq!(forged.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn revocation_survives_restart_and_reconnect() {
+    let stack = Stack::start().await;
+    let before = login(&stack.auth, TEACHER).await;
+    logout(&stack.auth, &before.access_token)
+        .await
+        .expect("logout");
+    wait_for_rejection(&stack.student, &before.access_token, PROPAGATION_LIMIT).await;
+
+    // auth-service restarts on the same port; student-service keeps running and resubscribes.
+    let Stack {
+        dir,
+        auth,
+        student,
+        forger: _,
+    } = stack;
+    let port = auth.addr.to_string();
+    auth.stop().await;
+    let auth = RunningAuth::start(&dir.path().join("auth"), &["--listen", &port]).await;
+    let after = login(&auth, TEACHER).await;
+    list_students(&student, &after.access_token)
+        .await
+        .expect("new token works");
+    logout(&auth, &after.access_token).await.expect("logout");
+
+    let (status, delay) = wait_for_rejection(&student, &after.access_token, RECONNECT_LIMIT).await;
+    assert_revoked(&status);
+    println!("revocation after an auth-service restart reached student-service in {delay:?}");
+    let (status, _) = wait_for_rejection(&student, &before.access_token, PROPAGATION_LIMIT).await;
+    assert_revoked(&status);
+
+    // A fresh student-service receives both from the persisted list in its first snapshot.
+    student.stop().await;
+    let student = RunningStudent::start(&dir.path().join("student"), &auth.url(), &[]).await;
+    for token in [&before.access_token, &after.access_token] {
+        let (status, _) = wait_for_rejection(&student, token, PROPAGATION_LIMIT).await;
+        assert_revoked(&status);
+    }
+}
+
+#[tokio::test]
+async fn disabled_user_tokens_are_rejected() {
+    let stack = Stack::start().await;
+    let session = login(&stack.auth, TEACHER).await;
+    list_students(&stack.student, &session.access_token)
+        .await
+        .expect("token works before the change");
+
+    stack
+        .auth
+        .users()
+        .set_disabled(TEACHER, true)
+        .await
+        .expect("disable");
+
+    let (status, _) =
+        wait_for_rejection(&stack.student, &session.access_token, PROPAGATION_LIMIT).await;
+    assert_revoked(&status);
+    let refreshed = refresh(&stack.auth, &session.refresh_token)
+        .await
+        .expect_err("refresh of a disabled user");
+    assert_eq!(reason(&refreshed), "INVALID_REFRESH_TOKEN");
+}
+
+#[tokio::test]
+async fn role_change_revokes_user_tokens() {
+    let stack = Stack::start().await;
+    let session = login(&stack.auth, TEACHER).await;
+    list_students(&stack.student, &session.access_token)
+        .await
+        .expect("token works before the change");
+
+    stack
+        .auth
+        .users()
+        .update_role(TEACHER, Role::Student)
+        .await
+        .expect("demote");
+
+    let (status, _) =
+        wait_for_rejection(&stack.student, &session.access_token, PROPAGATION_LIMIT).await;
+    assert_revoked(&status);
+}
+
+#[tokio::test]
+async fn expired_sessions_and_revocations_are_purged() {
+    let auth_args = [
+        "--token-ttl-secs",
+        "1",
+        "--refresh-token-ttl-secs",
+        "2",
+        "--session-purge-interval-secs",
+        "1",
+        "--leeway-secs",
+        "0",
+    ];
+    let stack = Stack::start_with(&auth_args, &[]).await;
+    let session = login(&stack.auth, TEACHER).await;
+    logout(&stack.auth, &session.access_token)
+        .await
+        .expect("logout");
+    assert_eq!(snapshot_len(&stack.auth).await, 1, "the logout is listed");
+
+    let started = Instant::now();
+    while snapshot_len(&stack.auth).await > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the revocation was not purged after its token expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let stale = login(&stack.auth, TEACHER).await;
+    tokio::time::sleep(Duration::from_millis(3_100)).await;
+    let refreshed = refresh(&stack.auth, &stale.refresh_token)
+        .await
+        .expect_err("an expired refresh token");
+    assert_eq!(reason(&refreshed), "INVALID_REFRESH_TOKEN");
+}
+
+/// Returns the number of entries in a new subscription's snapshot.
+async fn snapshot_len(auth: &RunningAuth) -> usize {
+    let mut stream = auth
+        .client()
+        .await
+        .watch_revocations(WatchRevocationsRequest {})
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let mut count = 0;
+    while let Some(message) = stream.message().await.expect("snapshot message") {
+        count += message.revocations.len();
+        if message.snapshot_complete {
+            return count;
+        }
+    }
+    panic!("the stream ended before the snapshot was complete");
+}
+
+#[tokio::test]
+async fn token_source_renews_with_refresh_token() {
+    let stack = Stack::start_with(&["--token-ttl-secs", "2"], &[]).await;
+    let channel = tonic::transport::Channel::from_shared(stack.auth.url())
+        .expect("URL")
+        .connect()
+        .await
+        .expect("connect");
+    let credentials = school_client::Credentials::new(TEACHER, PASSWORD);
+    let source = school_client::TokenSource::login_with_renewal(
+        channel,
+        credentials,
+        Duration::from_secs(1),
+    )
+    .await
+    .expect("first login");
+    let first = bearer(&source).await;
+
+    let started = Instant::now();
+    while source.refresh_count() < 1 {
+        assert!(started.elapsed() < Duration::from_secs(10), "no renewal");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let renewed = bearer(&source).await;
+
+    assert_ne!(renewed, first);
+    assert_eq!(source.login_count(), 1, "renewed without a password");
+    list_students(&stack.student, &renewed)
+        .await
+        .expect("the renewed token works");
+
+    // Logging out ends the session, so the next renewal falls back to Login.
+    logout(&stack.auth, &renewed).await.expect("logout");
+    let started = Instant::now();
+    while source.login_count() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no fallback login"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = bearer(&source).await;
+    list_students(&stack.student, &after)
+        .await
+        .expect("the token from the fallback login works");
+}
+
+/// Returns the current access token of `source`, without the `Bearer ` prefix.
+async fn bearer(source: &school_client::TokenSource) -> String {
+    let header = source.token().await.expect("token");
+    let text = header.to_str().expect("ASCII");
+    text.trim_start_matches("Bearer ").to_owned()
+}
