@@ -105,8 +105,7 @@ async fn second_instance_on_same_directory_fails() {
     .expect("flags");
     let error = auth_service::bind(config)
         .await
-        .err()
-        .expect("second auth-service must not start");
+        .expect_err("second auth-service must not start");
     assert!(
         error
             .to_string()
