@@ -1,8 +1,9 @@
 //! The metrics of auth-service.
 
 use prometheus_client::metrics::counter::Counter;
-use school_ops::Metrics;
+use school_ops::{Metrics, ValueCollector, ValueKind};
 
+use crate::password::PasswordHasher;
 use crate::store::SledStore;
 
 /// The metrics of one auth-service process.
@@ -17,10 +18,8 @@ pub struct ServiceMetrics {
 
 impl ServiceMetrics {
     /// Creates the registry and adds the metrics of this service: requests shed, the database
-    /// size and the group commit counters of `store`.
-    // TODO: export the Argon2 queue depth, which `PasswordHasher` counts but does not expose.
-    // Until then `grpc_server_in_flight` for Login bounds it from above.
-    pub fn new(store: &SledStore) -> Self {
+    /// size and the group commit counters of `store`, and the depth of `hasher`'s queue.
+    pub fn new(store: &SledStore, hasher: &PasswordHasher) -> Self {
         let metrics = Metrics::new();
         let shed = Counter::default();
         metrics.register(
@@ -30,6 +29,13 @@ impl ServiceMetrics {
         );
         let sized = store.clone();
         metrics.register_storage(store.commit_stats(), move || sized.size_on_disk().ok());
+        let queue = hasher.clone();
+        metrics.register_collector(ValueCollector::new(
+            "argon2_queue_depth",
+            "Password hash operations waiting for a hashing slot",
+            ValueKind::Gauge,
+            move || i64::try_from(queue.queue_depth()).unwrap_or(i64::MAX),
+        ));
         ServiceMetrics { metrics, shed }
     }
 }

@@ -201,6 +201,12 @@ impl PasswordHasher {
         self
     }
 
+    /// Returns the number of operations waiting for a permit now, the depth of the hashing
+    /// queue.
+    pub fn queue_depth(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
     /// Hashes a password with a fresh random salt and returns the PHC string.
     pub async fn hash(&self, password: Password) -> Result<String, Error> {
         let mut salt = [0u8; SALT_BYTES];

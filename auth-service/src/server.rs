@@ -129,7 +129,7 @@ pub async fn bind(config: Config) -> Result<BoundServer, Error> {
     let api = AuthApi::new(users.clone(), issuer, verifier, &keys, sessions)
         .with_login_throttle(throttle.clone());
 
-    let metrics = ServiceMetrics::new(&store);
+    let metrics = ServiceMetrics::new(&store, users.hasher());
     let metrics_endpoint = match config.metrics_listen {
         Some(addr) => Some(
             MetricsEndpoint::bind(addr, metrics.metrics.clone())

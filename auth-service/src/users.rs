@@ -70,6 +70,11 @@ impl Users {
         }
     }
 
+    /// Returns the password hasher, whose queue depth the metrics report.
+    pub fn hasher(&self) -> &PasswordHasher {
+        &self.hasher
+    }
+
     /// Revokes a user's sessions through `revoker` whenever the user is disabled, deleted or
     /// given another role. Without it those changes apply to new logins only.
     pub fn with_revoker(mut self, revoker: Revoker) -> Self {

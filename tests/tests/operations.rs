@@ -246,6 +246,8 @@ async fn overload_sheds_then_recovers() {
     )
     .expect("login latency histogram");
     assert!(logins >= 2.0, "{text}");
+    let queue = sample(&text, "argon2_queue_depth").expect("argon2_queue_depth");
+    assert_eq!(queue, 0.0, "no hash waits once the burst is over");
 }
 
 #[tokio::test]
