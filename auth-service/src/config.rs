@@ -144,6 +144,10 @@ pub struct Config {
     #[command(flatten)]
     pub throttle: crate::throttle::ThrottleArgs,
 
+    /// TLS on the gRPC listener.
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
+
     /// TOML file with the authorization policy of UserService and the other methods; the
     /// built-in policy is used when absent. SIGHUP reloads it.
     #[arg(long, env = "AUTH_POLICY", value_name = "FILE")]
@@ -343,6 +347,7 @@ impl Config {
         }
         self.throttle.validate()?;
         self.keys.validate()?;
+        self.tls.validate()?;
         self.validate_bootstrap_admin()
     }
 

@@ -19,6 +19,7 @@ pub mod sessions;
 pub mod store;
 pub mod telemetry;
 pub mod throttle;
+pub mod tls;
 pub mod tokens;
 pub mod user_service;
 pub mod users;

@@ -53,7 +53,11 @@ async fn run(mut config: Config) -> Result<(), Error> {
 
     let shutdown = auth_service::server::shutdown_signal()?;
     let server = auth_service::bind(config).await?;
-    tracing::info!(listen.addr = %server.local_addr(), "auth-service listening");
+    tracing::info!(
+        listen.addr = %server.local_addr(),
+        tls = server.tls_enabled(),
+        "auth-service listening"
+    );
 
     server.serve(shutdown).await?;
 

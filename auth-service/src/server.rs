@@ -47,6 +47,9 @@ pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 pub struct BoundServer {
     listener: TcpListener,
     local_addr: SocketAddr,
+    /// The tonic server builder, set up for TLS when `--tls-cert` is given.
+    transport: tonic::transport::Server,
+    tls: bool,
     store: SledStore,
     users: Users,
     api: AuthApi,
@@ -91,6 +94,8 @@ pub async fn bind(config: Config) -> Result<BoundServer, Error> {
     let (policy_source, shadow_source) = policy_sources(&config)?;
     let policy = load_policy(&policy_source)?;
     let shadow_policy = shadow_source.as_ref().map(load_policy).transpose()?;
+    // Read the TLS files before opening anything, so a bad file fails start-up at once.
+    let transport = config.tls.server_builder()?;
 
     let (store, users, revoker) = open_accounts(&config).await?;
     let keys = Arc::new(
@@ -153,6 +158,8 @@ pub async fn bind(config: Config) -> Result<BoundServer, Error> {
     Ok(BoundServer {
         listener,
         local_addr,
+        transport,
+        tls: config.tls.enabled(),
         store,
         users,
         api,
@@ -194,6 +201,11 @@ impl BoundServer {
     /// Returns the bound address of the metrics endpoint, when `--metrics-listen` is set.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_endpoint.as_ref().map(MetricsEndpoint::local_addr)
+    }
+
+    /// Reports whether the listener speaks TLS.
+    pub fn tls_enabled(&self) -> bool {
+        self.tls
     }
 
     /// Returns the bound address, with the real port when the configuration asked for port 0.
@@ -277,7 +289,8 @@ impl BoundServer {
                     .await;
             }
         };
-        let served = tonic::transport::Server::builder()
+        let served = self
+            .transport
             // Outermost first: metrics see shed requests and guard rejections too.
             .layer(self.metrics.metrics.layer())
             .layer(ConcurrencyLimitLayer::new(

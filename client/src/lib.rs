@@ -28,6 +28,7 @@
 //! need a new token at once, auth-service receives one `Login` call.
 
 mod credentials;
+pub mod tls;
 mod token;
 
 pub use credentials::Credentials;

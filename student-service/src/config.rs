@@ -47,7 +47,8 @@ pub struct Config {
     )]
     pub data_dir: PathBuf,
 
-    /// URL of auth-service, from which the token verification keys are fetched.
+    /// URL of auth-service, from which the token verification keys are fetched: http:// for
+    /// plaintext, or https:// with --auth-ca.
     #[arg(
         long,
         env = "STUDENT_AUTH_URL",
@@ -126,6 +127,10 @@ pub struct Config {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub max_concurrent_requests: u32,
+
+    /// TLS on the listener and on the connection to auth-service.
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 /// Whether server reflection is served.
@@ -158,6 +163,7 @@ impl Config {
             ));
         }
         validate_auth_url(&self.auth_url)?;
+        self.tls.validate(&self.auth_url)?;
         if self.issuer.trim().is_empty() {
             return Err(invalid("--issuer", "STUDENT_ISSUER", "must not be empty"));
         }
@@ -232,10 +238,8 @@ impl Config {
     }
 }
 
-/// Accepts only `http://host[:port]` URLs: this build of tonic has no TLS support, so an
-/// `https` URL would only fail later, at the first connection.
-// TODO: support TLS to auth-service. Over plain HTTP, anyone on the path can substitute the
-// verification keys and so forge tokens; run both services on loopback or a trusted network.
+/// Accepts `http://host[:port]` and `https://host[:port]` URLs; whether the TLS flags fit the
+/// scheme is checked by [`crate::tls::TlsArgs::validate`].
 fn validate_auth_url(url: &str) -> Result<(), Error> {
     const FLAG: &str = "--auth-url";
     const ENV: &str = "STUDENT_AUTH_URL";
@@ -243,11 +247,11 @@ fn validate_auth_url(url: &str) -> Result<(), Error> {
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
         .map_err(|_| invalid(FLAG, ENV, format!("{url:?} is not a valid URL")))?;
     let uri = endpoint.uri();
-    if uri.scheme_str() != Some("http") {
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
         return Err(invalid(
             FLAG,
             ENV,
-            format!("{url:?} must start with http:// (TLS is not supported)"),
+            format!("{url:?} must start with http:// or https://"),
         ));
     }
     if uri.host().is_none_or(str::is_empty) {
@@ -256,7 +260,8 @@ fn validate_auth_url(url: &str) -> Result<(), Error> {
     Ok(())
 }
 
-fn invalid(flag: &'static str, env: &'static str, reason: impl Into<String>) -> Error {
+/// Builds an [`Error::InvalidConfig`] for `flag` and its environment variable `env`.
+pub(crate) fn invalid(flag: &'static str, env: &'static str, reason: impl Into<String>) -> Error {
     Error::InvalidConfig {
         flag,
         env,
@@ -326,13 +331,7 @@ mod tests {
 
     #[test]
     fn bad_auth_urls_rejected() {
-        for url in [
-            "",
-            "not a url",
-            "https://auth:50051",
-            "ftp://auth",
-            "/just/a/path",
-        ] {
+        for url in ["", "not a url", "ftp://auth", "/just/a/path"] {
             let config = parse(&["--auth-url", url]).unwrap();
 
             let error = config.validate().unwrap_err();

@@ -18,6 +18,7 @@ pub mod service;
 pub mod signal;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod validate;
 
 pub use config::{Config, LogFormat};

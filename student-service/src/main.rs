@@ -49,7 +49,11 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(address = %server.local_addr(), "student-service listening");
+    tracing::info!(
+        address = %server.local_addr(),
+        tls = server.tls_enabled(),
+        "student-service listening"
+    );
 
     let result = server.serve(signal::shutdown_signal()).await;
 

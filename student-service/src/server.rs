@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Endpoint, Server};
+use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -55,6 +55,9 @@ const AUTH_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct BoundServer {
     listener: TcpListener,
     local_addr: SocketAddr,
+    /// The tonic server builder, set up for TLS when `--tls-cert` is given.
+    transport: Server,
+    tls: bool,
     store: Arc<SledStore>,
     guard: Arc<Guard>,
     policy_source: PolicySource,
@@ -79,6 +82,12 @@ pub async fn bind(config: Config) -> Result<BoundServer, Error> {
     let (policy_source, shadow_source) = policy_sources(&config)?;
     let policy = load_policy(&policy_source)?;
     let shadow_policy = shadow_source.as_ref().map(load_policy).transpose()?;
+    // Read the TLS files before opening anything, so a bad file fails start-up at once.
+    let transport = config.tls.server_builder()?;
+    let endpoint = config
+        .tls
+        .auth_endpoint(&config.auth_url)?
+        .connect_timeout(AUTH_CONNECT_TIMEOUT);
 
     let store = Arc::new(SledStore::open(&config.data_dir)?);
     tracing::info!(data_dir = %config.data_dir.display(), "student database opened");
@@ -103,15 +112,6 @@ pub async fn bind(config: Config) -> Result<BoundServer, Error> {
         source,
     })?;
 
-    // `validate` has already accepted the URL, so this error is unreachable unless the two
-    // checks drift apart.
-    let endpoint = Endpoint::from_shared(config.auth_url.clone())
-        .map_err(|_| Error::InvalidConfig {
-            flag: "--auth-url",
-            env: "STUDENT_AUTH_URL",
-            reason: format!("{:?} is not a valid URL", config.auth_url),
-        })?
-        .connect_timeout(AUTH_CONNECT_TIMEOUT);
     let channel = endpoint.clone().timeout(AUTH_CALL_TIMEOUT).connect_lazy();
     // The revocation stream stays open, so its channel has no call timeout; keep-alive pings
     // notice a connection that died without a reset, so the watcher can resubscribe.
@@ -146,6 +146,8 @@ pub async fn bind(config: Config) -> Result<BoundServer, Error> {
     Ok(BoundServer {
         listener,
         local_addr,
+        transport,
+        tls: config.tls.enabled(),
         store,
         guard,
         policy_source,
@@ -168,6 +170,11 @@ impl BoundServer {
         self.metrics_endpoint
             .as_ref()
             .map(MetricsEndpoint::local_addr)
+    }
+
+    /// Reports whether the listener speaks TLS.
+    pub fn tls_enabled(&self) -> bool {
+        self.tls
     }
 
     /// Returns the address the listener is bound to, with the actual port when port 0 was
@@ -253,7 +260,8 @@ impl BoundServer {
             }
         };
 
-        let serving = Server::builder()
+        let serving = self
+            .transport
             .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
             // Outermost first: metrics see shed requests and guard rejections too.
             .layer(self.metrics.metrics.layer())

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use auth_service::Role;
 use clap::Parser as _;
+use school_client::tls::ClientTls;
 use school_proto::auth::v1::LoginRequest;
 use school_proto::auth::v1::auth_service_client::AuthServiceClient;
 use school_proto::auth::v1::user_service_client::UserServiceClient;
@@ -48,6 +49,8 @@ pub struct RunningAuth {
     pub data_dir: PathBuf,
     users: auth_service::Users,
     guard: std::sync::Arc<school_guard::Guard>,
+    /// How clients verify the server, when it speaks TLS.
+    tls: Option<ClientTls>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), auth_service::Error>>,
 }
@@ -55,6 +58,16 @@ pub struct RunningAuth {
 impl RunningAuth {
     /// Starts auth-service on `127.0.0.1:0` with data in `data_dir` and extra command-line flags.
     pub async fn start(data_dir: &Path, extra_args: &[&str]) -> RunningAuth {
+        Self::start_tls(data_dir, extra_args, None).await
+    }
+
+    /// Starts auth-service like [`RunningAuth::start`]; with `tls`, the flags must turn on TLS,
+    /// and the harness's own clients connect over TLS with `tls`.
+    pub async fn start_tls(
+        data_dir: &Path,
+        extra_args: &[&str],
+        tls: Option<ClientTls>,
+    ) -> RunningAuth {
         let mut args = vec![
             "auth-service".to_owned(),
             "--data-dir".to_owned(),
@@ -84,16 +97,29 @@ impl RunningAuth {
             data_dir: data_dir.to_owned(),
             users,
             guard,
+            tls,
             shutdown: Some(shutdown),
             task,
         };
-        wait_until_serving(&running.url(), "school.auth.v1.AuthService").await;
+        wait_until_serving_over(
+            &running.url(),
+            running.tls.as_ref(),
+            "school.auth.v1.AuthService",
+        )
+        .await;
         running
     }
 
-    /// Returns the `http://` URL of the server.
+    /// Returns the URL of the server: `https://` when it speaks TLS, otherwise `http://`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        url_of(self.addr, self.tls.is_some())
+    }
+
+    /// Opens a channel to the server, over TLS when it speaks TLS.
+    pub async fn channel(&self) -> Channel {
+        connect(&self.url(), self.tls.as_ref())
+            .await
+            .expect("connect to auth-service")
     }
 
     /// Returns the user accounts of the running server.
@@ -108,16 +134,12 @@ impl RunningAuth {
 
     /// Connects a new UserService client.
     pub async fn user_client(&self) -> UserServiceClient<Channel> {
-        UserServiceClient::connect(self.url())
-            .await
-            .expect("connect to auth-service")
+        UserServiceClient::new(self.channel().await)
     }
 
     /// Connects a new AuthService client.
     pub async fn client(&self) -> AuthServiceClient<Channel> {
-        AuthServiceClient::connect(self.url())
-            .await
-            .expect("connect to auth-service")
+        AuthServiceClient::new(self.channel().await)
     }
 
     /// Logs in and returns the access token, failing the test if login fails.
@@ -151,6 +173,8 @@ pub struct RunningStudent {
     /// The data directory.
     pub data_dir: PathBuf,
     guard: std::sync::Arc<school_guard::Guard>,
+    /// How clients verify the server, when it speaks TLS.
+    tls: Option<ClientTls>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), student_service::Error>>,
 }
@@ -159,8 +183,25 @@ impl RunningStudent {
     /// Starts student-service on `127.0.0.1:0` with data in `data_dir`, trusting the
     /// auth-service at `auth_url`, and waits until it reports SERVING.
     pub async fn start(data_dir: &Path, auth_url: &str, extra_args: &[&str]) -> RunningStudent {
-        let running = Self::start_unready(data_dir, auth_url, extra_args).await;
-        wait_until_serving(&running.url(), "school.student.v1.StudentService").await;
+        Self::start_tls(data_dir, auth_url, extra_args, None).await
+    }
+
+    /// Starts student-service like [`RunningStudent::start`]; with `tls`, the flags must turn
+    /// on TLS, and the harness's own clients connect over TLS with `tls`.
+    pub async fn start_tls(
+        data_dir: &Path,
+        auth_url: &str,
+        extra_args: &[&str],
+        tls: Option<ClientTls>,
+    ) -> RunningStudent {
+        let mut running = Self::start_unready(data_dir, auth_url, extra_args).await;
+        running.tls = tls;
+        wait_until_serving_over(
+            &running.url(),
+            running.tls.as_ref(),
+            "school.student.v1.StudentService",
+        )
+        .await;
         running
     }
 
@@ -198,14 +239,15 @@ impl RunningStudent {
             addr,
             data_dir: data_dir.to_owned(),
             guard,
+            tls: None,
             shutdown: Some(shutdown),
             task,
         }
     }
 
-    /// Returns the `http://` URL of the server.
+    /// Returns the URL of the server: `https://` when it speaks TLS, otherwise `http://`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        url_of(self.addr, self.tls.is_some())
     }
 
     /// Returns the guard in front of the server's services.
@@ -215,16 +257,12 @@ impl RunningStudent {
 
     /// Connects a new StudentService client.
     pub async fn client(&self) -> StudentServiceClient<Channel> {
-        StudentServiceClient::connect(self.url())
-            .await
-            .expect("connect to student-service")
+        StudentServiceClient::new(self.channel().await)
     }
 
     /// Opens a channel to the server, for clients of other services it hosts.
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url())
-            .expect("valid URL")
-            .connect()
+        connect(&self.url(), self.tls.as_ref())
             .await
             .expect("connect to student-service")
     }
@@ -359,13 +397,33 @@ pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     request
 }
 
+/// Returns `https://addr` or `http://addr`.
+fn url_of(addr: SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{addr}")
+}
+
+/// Connects to `url`, over TLS with `tls`; an error names the URL and the cause.
+pub async fn connect(url: &str, tls: Option<&ClientTls>) -> Result<Channel, String> {
+    let endpoint = school_client::tls::endpoint(url, tls).map_err(|error| error.to_string())?;
+    endpoint
+        .connect()
+        .await
+        .map_err(|error| format!("connecting to {url} failed: {error:?}"))
+}
+
 /// Polls the health service at `url` until `service` reports SERVING, failing the test after
 /// [`READY_TIMEOUT`].
 pub async fn wait_until_serving(url: &str, service: &str) {
+    wait_until_serving_over(url, None, service).await;
+}
+
+/// Like [`wait_until_serving`], over TLS with `tls`.
+pub async fn wait_until_serving_over(url: &str, tls: Option<&ClientTls>, service: &str) {
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     let mut last = String::from("no answer yet");
     while tokio::time::Instant::now() < deadline {
-        match health_status(url, service).await {
+        match health_status_over(url, tls, service).await {
             Ok(ServingStatus::Serving) => return,
             Ok(status) => last = format!("{status:?}"),
             Err(error) => last = error,
@@ -377,11 +435,16 @@ pub async fn wait_until_serving(url: &str, service: &str) {
 
 /// Returns the health status that `service` at `url` reports.
 pub async fn health_status(url: &str, service: &str) -> Result<ServingStatus, String> {
-    let channel = Channel::from_shared(url.to_owned())
-        .map_err(|error| error.to_string())?
-        .connect()
-        .await
-        .map_err(|error| error.to_string())?;
+    health_status_over(url, None, service).await
+}
+
+/// Like [`health_status`], over TLS with `tls`.
+pub async fn health_status_over(
+    url: &str,
+    tls: Option<&ClientTls>,
+    service: &str,
+) -> Result<ServingStatus, String> {
+    let channel = connect(url, tls).await?;
     let response = HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: service.to_owned(),

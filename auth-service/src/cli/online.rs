@@ -44,6 +44,8 @@ pub async fn run_user_command_online(
         })?;
     header.set_sensitive(true);
 
+    // TODO: no CA flag for `user --server`, so an https:// URL fails to connect and only a
+    // plaintext server can be managed online.
     let channel = Endpoint::from_shared(server.to_owned())
         .map_err(|source| Error::Connect {
             url: server.to_owned(),

@@ -1,0 +1,176 @@
+//! TLS on the gRPC listener: the `--tls-*` flags and the server builder they produce.
+
+use std::path::PathBuf;
+
+use clap::ValueEnum;
+use school_ops::tls::{ClientCertificates, ServerTlsError, ServerTlsFiles};
+use tonic::transport::Server;
+
+use crate::error::Error;
+
+/// The TLS flags, flattened into [`crate::Config`]. Without `--tls-cert` and `--tls-key` the
+/// listener speaks plaintext HTTP/2.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct TlsArgs {
+    /// PEM file with the server's certificate chain, leaf first; turns on TLS for the gRPC
+    /// listener and needs --tls-key.
+    #[arg(long, env = "AUTH_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM file with the private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "AUTH_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM file with the CA that signs client certificates; turns on mutual TLS and needs
+    /// --tls-cert.
+    #[arg(long, env = "AUTH_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Whether every client must present a certificate signed by --tls-client-ca, or only
+    /// clients that present one are checked [default: required].
+    #[arg(long, env = "AUTH_TLS_CLIENT_AUTH", value_enum)]
+    pub tls_client_auth: Option<ClientAuth>,
+}
+
+/// Whether clients must present a certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ClientAuth {
+    /// Every client, users' tools included, needs a certificate signed by the client CA.
+    Required,
+    /// Clients may connect without a certificate; one that presents a certificate the CA did
+    /// not sign is rejected.
+    Optional,
+}
+
+impl TlsArgs {
+    /// Checks that the flags fit together, without reading any file.
+    pub fn validate(&self) -> Result<(), Error> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                return Err(Error::invalid_config(
+                    "tls-key",
+                    "AUTH_TLS_KEY",
+                    "is required because --tls-cert is set",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(Error::invalid_config(
+                    "tls-cert",
+                    "AUTH_TLS_CERT",
+                    "is required because --tls-key is set",
+                ));
+            }
+            _ => {}
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return Err(Error::invalid_config(
+                "tls-client-ca",
+                "AUTH_TLS_CLIENT_CA",
+                "needs --tls-cert and --tls-key, because client certificates are only checked over TLS",
+            ));
+        }
+        if self.tls_client_auth.is_some() && self.tls_client_ca.is_none() {
+            return Err(Error::invalid_config(
+                "tls-client-auth",
+                "AUTH_TLS_CLIENT_AUTH",
+                "needs --tls-client-ca, the CA that client certificates are checked against",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reports whether the listener speaks TLS.
+    pub fn enabled(&self) -> bool {
+        self.tls_cert.is_some()
+    }
+
+    /// Reads the PEM files and returns the server builder: plaintext without `--tls-cert`,
+    /// otherwise TLS only. An unusable file is an [`Error::InvalidConfig`] that names its flag.
+    pub fn server_builder(&self) -> Result<Server, Error> {
+        let (Some(certificate), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(Server::builder());
+        };
+        let mode = match self.tls_client_auth.unwrap_or(ClientAuth::Required) {
+            ClientAuth::Required => ClientCertificates::Required,
+            ClientAuth::Optional => ClientCertificates::Optional,
+        };
+        let files = ServerTlsFiles {
+            certificate,
+            key,
+            client_ca: self.tls_client_ca.as_deref().map(|ca| (ca, mode)),
+        };
+        files.server_builder().map_err(|error| match error {
+            ServerTlsError::Certificate(error) => {
+                Error::invalid_config("tls-cert", "AUTH_TLS_CERT", error.to_string())
+            }
+            ServerTlsError::Key(error) => {
+                Error::invalid_config("tls-key", "AUTH_TLS_KEY", error.to_string())
+            }
+            ServerTlsError::ClientCa(error) => {
+                Error::invalid_config("tls-client-ca", "AUTH_TLS_CLIENT_CA", error.to_string())
+            }
+            rejected @ ServerTlsError::Rejected(_) => {
+                Error::invalid_config("tls-key", "AUTH_TLS_KEY", rejected.to_string())
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use crate::Config;
+
+    fn rejected_setting(args: &[&str]) -> String {
+        let mut argv = vec!["auth-service"];
+        argv.extend_from_slice(args);
+        let config = Config::try_parse_from(argv).unwrap();
+        match config.tls.validate() {
+            Err(crate::Error::InvalidConfig { setting, .. }) => setting,
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn tls_flags_must_come_in_pairs() {
+        assert_eq!(
+            rejected_setting(&["--tls-cert", "c.pem"]),
+            "--tls-key (AUTH_TLS_KEY)"
+        );
+        assert_eq!(
+            rejected_setting(&["--tls-key", "k.pem"]),
+            "--tls-cert (AUTH_TLS_CERT)"
+        );
+        assert_eq!(
+            rejected_setting(&["--tls-client-ca", "ca.pem"]),
+            "--tls-client-ca (AUTH_TLS_CLIENT_CA)"
+        );
+        assert_eq!(
+            rejected_setting(&[
+                "--tls-cert",
+                "c.pem",
+                "--tls-key",
+                "k.pem",
+                "--tls-client-auth",
+                "optional"
+            ]),
+            "--tls-client-auth (AUTH_TLS_CLIENT_AUTH)"
+        );
+    }
+
+    #[test]
+    fn missing_files_name_their_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let missing = missing.to_str().unwrap();
+        let argv = ["auth-service", "--tls-cert", missing, "--tls-key", missing];
+        let config = Config::try_parse_from(argv).unwrap();
+
+        let error = config.tls.server_builder().unwrap_err();
+
+        let message = error.to_string();
+        assert!(message.contains("--tls-cert"), "{message}");
+        assert!(message.contains("missing.pem"), "{message}");
+    }
+}
