@@ -276,6 +276,7 @@ async fn forward_revocations(
         let message = WatchRevocationsResponse {
             revocations: chunk.iter().map(RevokedEntry::to_proto).collect(),
             snapshot_complete: index + 1 == chunk_count,
+            sent_at_unix_ms: unix_now_ms(),
         };
         if sender.send(Ok(message)).await.is_err() {
             return "client disconnected";
@@ -292,6 +293,7 @@ async fn forward_revocations(
             Ok(entry) => Ok(WatchRevocationsResponse {
                 revocations: vec![entry.to_proto()],
                 snapshot_complete: false,
+                sent_at_unix_ms: unix_now_ms(),
             }),
             Err(broadcast::error::RecvError::Lagged(_)) => {
                 let _ = sender
@@ -519,4 +521,13 @@ impl Sessions {
         );
         Error::InvalidRefreshToken
     }
+}
+
+/// Returns the current time in milliseconds since the Unix epoch, or 0 if the clock is before it.
+fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
 }

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 
+use bytes::Buf;
 use http::{HeaderMap, Request, Response};
+use http_body::Body;
 use tonic::Status;
 use tower::{Layer, Service};
 
@@ -16,11 +18,19 @@ use crate::identity::{Access, Grant, Identity};
 use crate::policy::{Policy, Rule};
 use crate::rejection;
 use crate::remote::KeyFetcher;
+use crate::revocation::RevocationList;
 use crate::verify::{TokenError, TokenVerifier};
 
 /// The longest part of a request path written to a log, in bytes. Paths are chosen by the
 /// client, so a long one must not bloat the logs.
 const MAX_LOGGED_PATH_LEN: usize = 128;
+
+/// The most of a rejected request's body read before answering, in bytes. It matches the
+/// services' message size limit, so a unary request is read whole.
+const MAX_DRAINED_BYTES: usize = 64 * 1024;
+
+/// The longest a rejected request waits for the rest of its body.
+const MAX_DRAIN_TIME: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Authenticates requests with a [`TokenVerifier`] and authorizes them with a [`Policy`].
 ///
@@ -36,6 +46,7 @@ pub struct Guard {
     reloads_succeeded: AtomicU64,
     reloads_failed: AtomicU64,
     fetcher: Option<Arc<KeyFetcher>>,
+    required_revocations: Option<RevocationList>,
 }
 
 /// How often the shadow policy agreed and disagreed with the enforced one, since start.
@@ -88,6 +99,7 @@ impl Guard {
             reloads_succeeded: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             fetcher: None,
+            required_revocations: None,
         }
     }
 
@@ -95,6 +107,14 @@ impl Guard {
     /// at most once every [`crate::remote::UNKNOWN_KEY_REFRESH_INTERVAL`].
     pub fn with_key_fetcher(mut self, fetcher: Arc<KeyFetcher>) -> Self {
         self.fetcher = Some(fetcher);
+        self
+    }
+
+    /// Makes the guard fail closed until `list` has received its first snapshot: until then
+    /// every call to a protected method gets `UNAVAILABLE` with reason `REVOCATIONS_NOT_LOADED`,
+    /// so a token revoked while this service was down is never accepted after a restart.
+    pub fn require_revocation_list(mut self, list: RevocationList) -> Self {
+        self.required_revocations = Some(list);
         self
     }
 
@@ -178,6 +198,17 @@ impl Guard {
         let rule = policy.rule(path);
         if rule == Rule::Public {
             return (Ok(None), None);
+        }
+        if self
+            .required_revocations
+            .as_ref()
+            .is_some_and(|list| !list.is_synchronized())
+        {
+            tracing::debug!(
+                grpc.method = loggable(path),
+                "request rejected: revocation list not loaded"
+            );
+            return (Err(rejection::revocations_not_loaded()), None);
         }
 
         let token = match bearer_token(headers) {
@@ -372,7 +403,7 @@ impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for GuardService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    ReqBody: Send + 'static,
+    ReqBody: Body + Send + 'static,
     ResBody: Default + Send + 'static,
 {
     type Response = S::Response;
@@ -399,8 +430,34 @@ where
                     inner.call(request).await
                 }
                 Ok(None) => inner.call(request).await,
-                Err(status) => Ok(status.into_http()),
+                Err(status) => {
+                    drain_body(request.into_body()).await;
+                    Ok(status.into_http())
+                }
             }
         })
+    }
+}
+
+/// Reads and discards what the client sent of a rejected request's body, up to
+/// [`MAX_DRAINED_BYTES`] and for at most [`MAX_DRAIN_TIME`].
+///
+/// Answering before the body is read makes the HTTP/2 server reset the stream, and the client's
+/// DATA frames then arrive on a reset stream. At tens of thousands of rejections a second those
+/// resets trip h2's protection against reset floods, which closes the whole connection and
+/// fails the unrelated calls on it. A unary request's body usually arrives with its headers,
+/// so reading it first costs little and lets the stream end normally.
+async fn drain_body<B: Body>(body: B) {
+    let mut body = std::pin::pin!(body);
+    let deadline = tokio::time::Instant::now() + MAX_DRAIN_TIME;
+    let mut drained = 0usize;
+    while drained <= MAX_DRAINED_BYTES {
+        let frame = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx));
+        match tokio::time::timeout_at(deadline, frame).await {
+            Ok(Some(Ok(frame))) => {
+                drained = drained.saturating_add(frame.data_ref().map_or(0, Buf::remaining));
+            }
+            Ok(Some(Err(_)) | None) | Err(_) => return,
+        }
     }
 }

@@ -49,6 +49,21 @@ pub const PERMISSION_DENIED: &str = "PERMISSION_DENIED";
 /// `ErrorInfo.reason` when the policy does not name the method, so every caller is denied.
 pub const NO_POLICY_RULE: &str = "NO_POLICY_RULE";
 
+/// `ErrorInfo.reason` when the service cannot check tokens yet, because it has not received
+/// the revocation list: retry with backoff.
+pub const REVOCATIONS_NOT_LOADED: &str = "REVOCATIONS_NOT_LOADED";
+
+/// Builds the `UNAVAILABLE` status for a protected call that arrives before the revocation list
+/// is loaded.
+pub fn revocations_not_loaded() -> Status {
+    with_error_info(
+        Code::Unavailable,
+        "the revocation list is not loaded yet; retry shortly".to_owned(),
+        REVOCATIONS_NOT_LOADED,
+        HashMap::new(),
+    )
+}
+
 /// Builds the `UNAUTHENTICATED` status for a request whose metadata carries no usable bearer
 /// token.
 pub fn credential_rejected(error: CredentialError) -> Status {

@@ -77,7 +77,8 @@ impl KeyFetcher {
     /// Returns the number of keys now trusted.
     pub async fn fetch(&self) -> Result<usize, FetchError> {
         let _one_at_a_time = self.in_flight.lock().await;
-        self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut client = self.client.clone();
         let call = client.list_public_keys(ListPublicKeysRequest {});
         let response = tokio::time::timeout(FETCH_TIMEOUT, call)

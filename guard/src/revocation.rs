@@ -12,8 +12,9 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::digest;
 use school_proto::auth::v1::auth_service_client::AuthServiceClient;
@@ -189,6 +190,8 @@ impl Entries {
 #[derive(Clone, Default)]
 pub struct RevocationList {
     entries: Arc<RwLock<Entries>>,
+    /// Set once a complete snapshot from auth-service is in force.
+    synchronized: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for RevocationList {
@@ -203,6 +206,12 @@ impl RevocationList {
     /// Creates an empty list.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Reports whether a complete snapshot has been received since the list was created. It
+    /// stays true while the stream reconnects, because the entries received before stay in force.
+    pub fn is_synchronized(&self) -> bool {
+        self.synchronized.load(Ordering::Acquire)
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Entries> {
@@ -255,6 +264,7 @@ impl RevocationList {
         }
         fresh.next_purge = now.saturating_add(PURGE_INTERVAL_SECS);
         *self.write() = fresh;
+        self.synchronized.store(true, Ordering::Release);
     }
 
     /// Drops the entries that expired before `now`, in seconds since the Unix epoch, and
@@ -312,11 +322,23 @@ enum WatchError {
 /// Each subscription starts with a snapshot that replaces the whole list, so revocations made
 /// while the stream was down arrive at the next resynchronization. Every token a new entry
 /// revokes is also dropped from the verifier's [`TokenCache`].
-#[derive(Debug)]
 pub struct RevocationWatcher {
     client: AuthServiceClient<Channel>,
     list: RevocationList,
     cache: TokenCache,
+    lag_observer: Option<LagObserver>,
+}
+
+/// A callback that receives the delay between auth-service sending a new revocation and this
+/// watcher applying it.
+pub type LagObserver = Box<dyn Fn(Duration) + Send + Sync>;
+
+impl fmt::Debug for RevocationWatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RevocationWatcher")
+            .field("list", &self.list)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RevocationWatcher {
@@ -334,7 +356,19 @@ impl RevocationWatcher {
             client,
             list,
             cache,
+            lag_observer: None,
         }
+    }
+
+    /// Reports the lag of every new revocation to `observer`: the time from auth-service sending
+    /// it to this watcher applying it, by the two hosts' clocks. Snapshot entries are not
+    /// reported, because they may be old.
+    pub fn with_lag_observer(
+        mut self,
+        observer: impl Fn(Duration) + Send + Sync + 'static,
+    ) -> Self {
+        self.lag_observer = Some(Box::new(observer));
+        self
     }
 
     /// Starts a task that subscribes, and resubscribes with exponential backoff whenever the
@@ -416,6 +450,9 @@ impl RevocationWatcher {
                         "token revocation received"
                     );
                 }
+                if let Some(observer) = &self.lag_observer {
+                    observer(lag_since(message.sent_at_unix_ms));
+                }
             } else {
                 snapshot.extend(entries);
                 if message.snapshot_complete {
@@ -431,6 +468,20 @@ impl RevocationWatcher {
             }
         }
     }
+}
+
+/// Returns the time from `sent_at_unix_ms` until now, or zero when the sender's clock is ahead
+/// or the time is unset.
+fn lag_since(sent_at_unix_ms: i64) -> Duration {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        });
+    if sent_at_unix_ms <= 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_millis(u64::try_from(now_ms.saturating_sub(sent_at_unix_ms)).unwrap_or(0))
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 use school_guard::remote::KeyFetcher;
 use school_ops::Metrics;
 
@@ -28,11 +29,14 @@ pub struct ServiceMetrics {
     /// Requests rejected by the concurrency limit.
     pub shed: Counter,
     key_refreshes: Family<OutcomeLabels, Counter>,
+    /// Seconds from auth-service sending a new revocation to the guard applying it.
+    pub revocation_lag: Histogram,
 }
 
 impl ServiceMetrics {
     /// Creates the registry and adds the metrics of this service: key refreshes by outcome,
-    /// requests shed, the database size and the group commit counters of `store`.
+    /// requests shed, revocation lag, the database size and the group commit counters of
+    /// `store`.
     pub fn new(store: &SledStore) -> Self {
         let metrics = Metrics::new();
         let shed = Counter::default();
@@ -47,12 +51,20 @@ impl ServiceMetrics {
             "Fetches of the verification keys from auth-service, by outcome (ok or failed)",
             key_refreshes.clone(),
         );
+        let revocation_lag =
+            Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0].into_iter());
+        metrics.register(
+            "revocation_lag_seconds",
+            "Time from auth-service sending a new revocation to the guard applying it",
+            revocation_lag.clone(),
+        );
         let sized = store.clone();
         metrics.register_storage(store.commit_stats(), move || sized.size_on_disk().ok());
         ServiceMetrics {
             metrics,
             shed,
             key_refreshes,
+            revocation_lag,
         }
     }
 

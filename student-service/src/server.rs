@@ -64,6 +64,7 @@ pub struct BoundServer {
     shadow_source: Option<PolicySource>,
     fetcher: Arc<KeyFetcher>,
     revocation_watcher: RevocationWatcher,
+    revocations: RevocationList,
     key_refresh: Duration,
     metrics: ServiceMetrics,
     metrics_endpoint: Option<MetricsEndpoint>,
@@ -135,12 +136,18 @@ pub async fn bind(config: Config) -> Result<BoundServer, Error> {
         },
     )
     .with_revocations(revocations.clone());
+    let lag = metrics.revocation_lag.clone();
     let revocation_watcher = RevocationWatcher::new(
         AuthServiceClient::new(revocation_channel),
-        revocations,
+        revocations.clone(),
         verifier.cache().clone(),
+    )
+    .with_lag_observer(move |delay| lag.observe(delay.as_secs_f64()));
+    let guard = Arc::new(
+        Guard::new(verifier, policy)
+            .with_key_fetcher(Arc::clone(&fetcher))
+            .require_revocation_list(revocations.clone()),
     );
-    let guard = Arc::new(Guard::new(verifier, policy).with_key_fetcher(Arc::clone(&fetcher)));
     guard.set_shadow_policy(shadow_policy);
 
     Ok(BoundServer {
@@ -154,6 +161,7 @@ pub async fn bind(config: Config) -> Result<BoundServer, Error> {
         shadow_source,
         fetcher,
         revocation_watcher,
+        revocations: revocations.clone(),
         key_refresh: config.key_refresh_interval(),
         metrics,
         metrics_endpoint,
@@ -228,6 +236,7 @@ impl BoundServer {
         let revocation_task = AbortOnDrop(self.revocation_watcher.spawn());
         let keys_task = tokio::spawn(load_keys(
             Arc::clone(&self.fetcher),
+            self.revocations.clone(),
             health.clone(),
             self.key_refresh,
             self.metrics.clone(),
@@ -263,13 +272,16 @@ impl BoundServer {
         let serving = self
             .transport
             .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
-            // Outermost first: metrics see shed requests and guard rejections too.
+            .max_concurrent_streams(Some(school_ops::MAX_STREAMS_PER_CONNECTION))
+            .timeout(school_ops::REQUEST_TIMEOUT)
+            // Outermost first: metrics see shed requests and guard rejections too. The guard
+            // runs before the limit, so calls without a valid token never take a place in it.
             .layer(self.metrics.metrics.layer())
+            .layer(GuardLayer::new(self.guard))
             .layer(ConcurrencyLimitLayer::new(
                 self.max_concurrent_requests,
                 self.metrics.shed.clone(),
             ))
-            .layer(GuardLayer::new(self.guard))
             .add_service(health_service)
             .add_optional_service(reflection_v1)
             .add_optional_service(reflection_v1alpha)
@@ -355,20 +367,29 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
     health.set_service_status(SERVICE_NAME, status).await;
 }
 
-/// Fetches the verification keys until one fetch succeeds, reports SERVING, then keeps the
-/// keys refreshed every `refresh` until this task is aborted.
+/// Fetches the verification keys until one fetch succeeds and waits for the first revocation
+/// snapshot, reports SERVING, then keeps the keys refreshed every `refresh` until this task is
+/// aborted.
 async fn load_keys(
     fetcher: Arc<KeyFetcher>,
+    revocations: RevocationList,
     health: HealthReporter,
     refresh: Duration,
     metrics: ServiceMetrics,
 ) {
     fetcher.fetch_until_ready().await;
+    // The watcher task fills the list; until it has, the guard rejects protected calls.
+    while !revocations.is_synchronized() {
+        tokio::time::sleep(REVOCATION_POLL_INTERVAL).await;
+    }
     set_health(&health, ServingStatus::Serving).await;
-    tracing::info!("verification keys loaded; health is SERVING");
+    tracing::info!("verification keys and revocation list loaded; health is SERVING");
 
     refresh_keys(fetcher, refresh, metrics).await;
 }
+
+/// How often the start-up task checks whether the first revocation snapshot has arrived.
+const REVOCATION_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Aborts the task when dropped, so a task spawned for the server stops with it.
 struct AbortOnDrop(JoinHandle<()>);

@@ -129,15 +129,22 @@ impl AuthService for FakeAuth {
         Err(Status::unimplemented("not part of the fake"))
     }
 
-    type WatchRevocationsStream = tokio_stream::Empty<Result<WatchRevocationsResponse, Status>>;
+    type WatchRevocationsStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<WatchRevocationsResponse, Status>> + Send>,
+    >;
 
-    /// Answers UNIMPLEMENTED, so the guard's revocation watcher retries in the background
-    /// while the tests run without revocations.
+    /// Sends an empty snapshot, then keeps the stream open without revocations.
     async fn watch_revocations(
         &self,
         _: Request<WatchRevocationsRequest>,
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
-        Err(Status::unimplemented("not part of the fake"))
+        let snapshot = WatchRevocationsResponse {
+            revocations: Vec::new(),
+            snapshot_complete: true,
+            sent_at_unix_ms: 0,
+        };
+        let stream = tokio_stream::once(Ok(snapshot)).chain(tokio_stream::pending());
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn list_public_keys(

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use auth_service::Role;
 use integration_tests::{
-    PASSWORD, RunningAuth, RunningStudent, STUDENT, Stack, TEACHER, with_token,
+    ADMIN, PASSWORD, RunningAuth, RunningStudent, STUDENT, Stack, TEACHER, with_token,
 };
+use school_proto::auth::v1::{ChangePasswordRequest, ResetPasswordRequest};
 use school_proto::auth::v1::{
     LoginRequest, LoginResponse, LogoutRequest, RefreshTokenRequest, TokenInvalidReason,
     ValidateTokenRequest, WatchRevocationsRequest,
@@ -348,6 +349,144 @@ async fn role_change_revokes_user_tokens() {
     let (status, _) =
         wait_for_rejection(&stack.student, &session.access_token, PROPAGATION_LIMIT).await;
     assert_revoked(&status);
+}
+
+#[tokio::test]
+async fn student_service_fails_closed_without_revocations() {
+    let stack = Stack::start().await;
+    let session = login(&stack.auth, TEACHER).await;
+    logout(&stack.auth, &session.access_token)
+        .await
+        .expect("logout");
+
+    // An attacker holds every revocation stream that auth-service allows; the stack's own
+    // student-service holds one more.
+    let mut held = Vec::new();
+    loop {
+        let opened = stack
+            .auth
+            .client()
+            .await
+            .watch_revocations(WatchRevocationsRequest {})
+            .await;
+        match opened {
+            Ok(stream) => held.push(stream.into_inner()),
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                break;
+            }
+        }
+        assert!(
+            held.len() <= auth_service::sessions::MAX_WATCHERS,
+            "no stream limit"
+        );
+    }
+
+    // A student-service that starts now cannot load the list, so it must not trust any token.
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let student = RunningStudent::start_unready(dir.path(), &stack.auth.url(), &[]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = list_students(&student, &session.access_token)
+        .await
+        .expect_err("a revoked token must not pass while the list is missing");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(reason(&status), "REVOCATIONS_NOT_LOADED");
+    let health =
+        integration_tests::health_status(&student.url(), "school.student.v1.StudentService")
+            .await
+            .expect("health answers");
+    assert_eq!(
+        health,
+        tonic_health::pb::health_check_response::ServingStatus::NotServing
+    );
+
+    // Once the streams are free again, the student-service loads the list and rejects the token.
+    drop(held);
+    let (status, _) =
+        wait_for_rejection_with(&student, &session.access_token, RECONNECT_LIMIT, |status| {
+            status.code() == Code::Unauthenticated
+        })
+        .await;
+    assert_revoked(&status);
+    student.stop().await;
+}
+
+/// Calls ListStudents until it fails with a status that `accept` approves, failing the test
+/// after `limit`.
+async fn wait_for_rejection_with(
+    student: &RunningStudent,
+    token: &str,
+    limit: Duration,
+    accept: impl Fn(&Status) -> bool,
+) -> (Status, Duration) {
+    let started = Instant::now();
+    loop {
+        if let Err(status) = list_students(student, token).await {
+            if accept(&status) {
+                return (status, started.elapsed());
+            }
+        }
+        assert!(
+            started.elapsed() < limit,
+            "no accepted rejection after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn password_changes_revoke_sessions() {
+    let stack = Stack::start().await;
+
+    // An admin's reset ends the user's sessions.
+    let session = login(&stack.auth, TEACHER).await;
+    let admin = stack.token(ADMIN).await;
+    stack
+        .auth
+        .user_client()
+        .await
+        .reset_password(with_token(
+            ResetPasswordRequest {
+                username: TEACHER.into(),
+                new_password: "a brand new passphrase".into(),
+            },
+            &admin,
+        ))
+        .await
+        .expect("admin resets the password");
+    let (status, _) =
+        wait_for_rejection(&stack.student, &session.access_token, PROPAGATION_LIMIT).await;
+    assert_revoked(&status);
+    let refreshed = refresh(&stack.auth, &session.refresh_token)
+        .await
+        .expect_err("refresh after a reset");
+    assert_eq!(refreshed.code(), Code::Unauthenticated);
+
+    // So does the user's own change, for every session they have.
+    let first = login(&stack.auth, STUDENT).await;
+    let second = login(&stack.auth, STUDENT).await;
+    stack
+        .auth
+        .user_client()
+        .await
+        .change_password(with_token(
+            ChangePasswordRequest {
+                old_password: PASSWORD.into(),
+                new_password: "another fresh passphrase".into(),
+            },
+            &first.access_token,
+        ))
+        .await
+        .expect("student changes the password");
+    for session in [&first, &second] {
+        let (status, _) =
+            wait_for_rejection(&stack.student, &session.access_token, PROPAGATION_LIMIT).await;
+        assert_revoked(&status);
+        let refreshed = refresh(&stack.auth, &session.refresh_token)
+            .await
+            .expect_err("refresh after a change");
+        assert_eq!(refreshed.code(), Code::Unauthenticated);
+    }
 }
 
 #[tokio::test]
