@@ -130,7 +130,8 @@ impl Users {
         self.revoke_user_sessions(username).await
     }
 
-    /// Changes a user's own password after checking the current one.
+    /// Changes a user's own password after checking the current one, and revokes every session
+    /// of the user, the caller's own included, so a stolen token or refresh token stops working.
     ///
     /// A wrong current password fails with [`Error::InvalidCredentials`]; the new one must pass
     /// [`Password::validate_new`].
@@ -149,14 +150,17 @@ impl Users {
         if !self.hasher.verify(current, stored_hash).await? || user.is_none() {
             return Err(Error::InvalidCredentials);
         }
-        self.set_password_hash(username, new).await
+        self.set_password_hash(username, new).await?;
+        self.revoke_user_sessions(username).await
     }
 
-    /// Sets a new password for any user without the old one, as an admin does.
+    /// Sets a new password for any user without the old one, as an admin does, and revokes
+    /// every session of the user.
     pub async fn reset_password(&self, username: &str, new: Password) -> Result<(), Error> {
         validate_username(username)?;
         new.validate_new("new_password")?;
-        self.set_password_hash(username, new).await
+        self.set_password_hash(username, new).await?;
+        self.revoke_user_sessions(username).await
     }
 
     async fn set_password_hash(&self, username: &str, password: Password) -> Result<(), Error> {
@@ -253,13 +257,13 @@ impl Users {
         let account = match account {
             Some(account) if matches => account,
             Some(_) | None => {
-                tracing::info!(client.id = %client_id, outcome = "failure", "service login");
+                tracing::info!(client.id = ?client_id, outcome = "failure", "service login");
                 return Err(Error::InvalidCredentials);
             }
         };
         if !account.audiences.iter().any(|allowed| allowed == audience) {
             tracing::info!(
-                client.id = %client_id,
+                client.id = ?client_id,
                 audience,
                 outcome = "failure",
                 "service login for an audience the account may not use"

@@ -463,7 +463,9 @@ mod tests {
 
     #[tokio::test]
     async fn full_queue_fails_fast_with_overloaded() -> Result<(), Error> {
-        let hasher = PasswordHasher::new(test_params(), 1).await?.with_queue_limit(1);
+        let hasher = PasswordHasher::new(test_params(), 1)
+            .await?
+            .with_queue_limit(1);
         let hash = hasher.hash(Password::new("pw".into())).await?;
 
         // Hold the only permit, so the next operation waits and the one after finds no place.
@@ -491,7 +493,9 @@ mod tests {
 
     #[tokio::test]
     async fn cancelled_waiter_gives_its_place_back() -> Result<(), Error> {
-        let hasher = PasswordHasher::new(test_params(), 1).await?.with_queue_limit(1);
+        let hasher = PasswordHasher::new(test_params(), 1)
+            .await?
+            .with_queue_limit(1);
         let held = Arc::clone(&hasher.permits)
             .try_acquire_owned()
             .map_err(|_| Error::Crypto("permit"))?;
@@ -553,14 +557,26 @@ mod tests {
         let new = PasswordHasher::new(stronger, 1).await?;
         let old_hash = old.hash(Password::new("pw".into())).await?;
         let new_hash = new.hash(Password::new("pw".into())).await?;
-        let argon2i_hash = Argon2::new(Algorithm::Argon2i, Version::V0x13, test_params().to_argon2().map_err(|e| Error::PasswordHash(e.into()))?)
-            .hash_password(b"pw", &SaltString::encode_b64(&[7u8; SALT_BYTES]).map_err(Error::PasswordHash)?)
-            .map_err(Error::PasswordHash)?
-            .to_string();
+        let argon2i_hash = Argon2::new(
+            Algorithm::Argon2i,
+            Version::V0x13,
+            test_params()
+                .to_argon2()
+                .map_err(|e| Error::PasswordHash(e.into()))?,
+        )
+        .hash_password(
+            b"pw",
+            &SaltString::encode_b64(&[7u8; SALT_BYTES]).map_err(Error::PasswordHash)?,
+        )
+        .map_err(Error::PasswordHash)?
+        .to_string();
 
         assert!(new.needs_rehash(&old_hash));
         assert!(!new.needs_rehash(&new_hash));
-        assert!(old.needs_rehash(&argon2i_hash), "another algorithm is replaced");
+        assert!(
+            old.needs_rehash(&argon2i_hash),
+            "another algorithm is replaced"
+        );
         assert!(!new.needs_rehash("not a PHC string"));
         Ok(())
     }

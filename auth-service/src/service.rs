@@ -22,8 +22,8 @@ use tracing::field;
 use crate::error::Error;
 use crate::keys::KeyRing;
 use crate::password::Password;
-use crate::sessions::{RefreshToken, Sessions};
 use crate::role::Role;
+use crate::sessions::{RefreshToken, Sessions};
 use crate::throttle::{AttemptKeys, LoginThrottle};
 use crate::tokens::TokenIssuer;
 use crate::users::{Users, validate_username};
@@ -155,11 +155,17 @@ impl AuthApi {
     async fn authenticate_caller(&self, metadata: &MetadataMap) -> Result<Identity, Error> {
         let headers = metadata.clone().into_headers();
         let token = bearer_token(&headers).map_err(|error| {
-            tracing::info!(reason = error.as_str(), "request rejected: not authenticated");
+            tracing::info!(
+                reason = error.as_str(),
+                "request rejected: not authenticated"
+            );
             Error::Credential(error)
         })?;
         let claims = self.verifier.verify_async(token).await.map_err(|error| {
-            tracing::info!(reason = error.as_str(), "request rejected: not authenticated");
+            tracing::info!(
+                reason = error.as_str(),
+                "request rejected: not authenticated"
+            );
             Error::Token(error)
         })?;
         Ok(Identity::from(claims))

@@ -96,7 +96,7 @@ impl Users {
     /// The username must be 1 to 64 bytes without whitespace or control characters, and the
     /// password must pass [`Password::validate_new`]; otherwise the error is
     /// [`Error::InvalidArgument`].
-    #[tracing::instrument(skip_all, fields(user.name = %username, user.role = %role))]
+    #[tracing::instrument(skip_all, fields(user.name = ?username, user.role = %role))]
     pub async fn create(&self, username: &str, password: &str, role: Role) -> Result<(), Error> {
         validate_new_username(username)?;
         let password = Password::new(password.to_owned());
@@ -161,14 +161,14 @@ impl Users {
         };
         match outcome {
             Ok(role) => {
-                tracing::info!(user.name = %username, outcome = "success", "login");
+                tracing::info!(user.name = ?username, outcome = "success", "login");
                 if let (Some(old_hash), Some(password)) = (stale_hash, retained) {
                     self.upgrade_hash(username, &old_hash, password).await;
                 }
                 Ok(role)
             }
             Err(reason) => {
-                tracing::info!(user.name = %username, outcome = "failure", reason, "login");
+                tracing::info!(user.name = ?username, outcome = "failure", reason, "login");
                 Err(Error::InvalidCredentials)
             }
         }
@@ -190,9 +190,11 @@ impl Users {
                 .await
         };
         match upgraded.await {
-            Ok(_) => tracing::info!(user.name = %username, "password hash upgraded to the current parameters"),
+            Ok(_) => {
+                tracing::info!(user.name = ?username, "password hash upgraded to the current parameters")
+            }
             Err(error) => tracing::warn!(
-                user.name = %username,
+                user.name = ?username,
                 error = %error.report(),
                 "upgrading the password hash failed; the old hash stays"
             ),
@@ -363,7 +365,9 @@ pub(crate) mod tests {
             parallelism: 1,
         };
         let old_users = Users::new(store.clone(), PasswordHasher::new(weak, 1).await?);
-        old_users.create("alice", "s3cret-passphrase", Role::Teacher).await?;
+        old_users
+            .create("alice", "s3cret-passphrase", Role::Teacher)
+            .await?;
         let users = Users::new(store.clone(), PasswordHasher::new(strong, 1).await?);
 
         let wrong = users

@@ -143,7 +143,9 @@ impl SledStore {
 
     /// Returns the size of the database files on disk in bytes, for metrics.
     pub fn size_on_disk(&self) -> Result<u64, Error> {
-        self.db.size_on_disk().map_err(storage("measure database size"))
+        self.db
+            .size_on_disk()
+            .map_err(storage("measure database size"))
     }
 }
 
@@ -241,7 +243,10 @@ pub(super) fn storage(operation: &'static str) -> impl FnOnce(sled::Error) -> Er
     move |source| Error::Storage { operation, source }
 }
 
-pub(super) fn corrupt(key: &str, reason: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
+pub(super) fn corrupt(
+    key: &str,
+    reason: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> Error {
     Error::CorruptRecord {
         key: key.to_owned(),
         source: reason.into(),
