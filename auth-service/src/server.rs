@@ -21,8 +21,8 @@ use crate::operations::ServiceMetrics;
 use crate::password::PasswordHasher;
 use crate::service::AuthApi;
 use crate::sessions::{Revoker, Sessions};
-use crate::throttle::LoginThrottle;
 use crate::store::SledStore;
+use crate::throttle::LoginThrottle;
 use crate::tokens::TokenIssuer;
 use crate::user_service::UserApi;
 use crate::users::Users;
@@ -41,6 +41,10 @@ const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// counts it) accepted, in bytes. An 8 KiB token and the usual gRPC headers fit; hyper's
 /// default is 16 MiB, which lets one request hold that much memory.
 pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+
+/// How long in-flight requests, such as health watch streams, may run after shutdown starts
+/// before they are dropped.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A server with storage open, keys loaded and the listener bound, not yet serving.
 #[derive(Debug)]
@@ -79,7 +83,8 @@ pub async fn open_users(config: &Config) -> Result<(SledStore, Users), Error> {
 async fn open_accounts(config: &Config) -> Result<(SledStore, Users, Revoker), Error> {
     let store = SledStore::open(&config.data_dir).await?;
     let hasher = PasswordHasher::new(config.hash_params(), config.hash_concurrency()).await?;
-    let revoker = Revoker::load(Arc::new(store.clone()), config.token_ttl(), config.leeway()).await?;
+    let revoker =
+        Revoker::load(Arc::new(store.clone()), config.token_ttl(), config.leeway()).await?;
     let users = Users::new(Arc::new(store.clone()), hasher).with_revoker(revoker.clone());
     Ok((store, users, revoker))
 }
@@ -192,7 +197,7 @@ async fn create_bootstrap_admin(config: &Config, users: &Users) -> Result<(), Er
         return Ok(());
     };
     if users.ensure_admin(username, password).await? {
-        tracing::info!(user.name = %username, "bootstrap admin created");
+        tracing::info!(user.name = ?username, "bootstrap admin created");
     }
     Ok(())
 }
@@ -200,7 +205,9 @@ async fn create_bootstrap_admin(config: &Config, users: &Users) -> Result<(), Er
 impl BoundServer {
     /// Returns the bound address of the metrics endpoint, when `--metrics-listen` is set.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_endpoint.as_ref().map(MetricsEndpoint::local_addr)
+        self.metrics_endpoint
+            .as_ref()
+            .map(MetricsEndpoint::local_addr)
     }
 
     /// Reports whether the listener speaks TLS.
@@ -234,7 +241,9 @@ impl BoundServer {
     ) -> Result<(), Error> {
         let (health, health_service) = tonic_health::server::health_reporter();
         for name in [SERVICE_NAME, USER_SERVICE_NAME] {
-            health.set_service_status(name, ServingStatus::Serving).await;
+            health
+                .set_service_status(name, ServingStatus::Serving)
+                .await;
         }
         let (reflection_v1, reflection_v1alpha) = match self.reflection {
             Reflection::On => (
@@ -278,8 +287,17 @@ impl BoundServer {
             })
         });
         let revoker = self.revoker.clone();
+        let (drain_started, drain_signal) = tokio::sync::oneshot::channel::<()>();
+        let grace_expired = async move {
+            if drain_signal.await.is_ok() {
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
         let shutdown = async move {
             shutdown.await;
+            let _ = drain_started.send(());
             tracing::info!("shutdown requested; finishing in-flight requests");
             // Revocation streams never end by themselves, so graceful shutdown would wait forever.
             revoker.close_streams();
@@ -291,22 +309,36 @@ impl BoundServer {
         };
         let served = self
             .transport
-            // Outermost first: metrics see shed requests and guard rejections too.
+            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+            .max_concurrent_streams(Some(school_ops::MAX_STREAMS_PER_CONNECTION))
+            .timeout(school_ops::REQUEST_TIMEOUT)
+            // Outermost first: metrics see shed requests and guard rejections too. The guard
+            // runs before the limit, so calls without a valid token to protected methods never
+            // take a place in it.
             .layer(self.metrics.metrics.layer())
+            .layer(GuardLayer::new(Arc::clone(&self.guard)))
             .layer(ConcurrencyLimitLayer::new(
                 self.max_concurrent_requests,
                 self.metrics.shed.clone(),
             ))
-            .layer(GuardLayer::new(Arc::clone(&self.guard)))
-            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
             .add_service(health_service)
             .add_optional_service(reflection_v1)
             .add_optional_service(reflection_v1alpha)
             .add_service(auth)
             .add_service(user_admin)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
-            .await
-            .map_err(Error::Transport);
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown);
+        let served = tokio::select! {
+            result = served => result.map_err(Error::Transport),
+            // NOTE: tonic runs each connection in its own task, so a connection still open
+            // here lives on until the process exits.
+            () = grace_expired => {
+                tracing::warn!(
+                    grace_secs = SHUTDOWN_GRACE.as_secs(),
+                    "in-flight requests did not finish within the grace period; dropping them"
+                );
+                Ok(())
+            }
+        };
         reload.abort();
         purge.abort();
         if let Some(metrics_task) = metrics_task {

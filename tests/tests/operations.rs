@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use auth_service::Role;
 use auth_service::password::Password;
@@ -13,8 +14,8 @@ use clap::Parser as _;
 use integration_tests::{
     ADMIN, PASSWORD, RunningAuth, STUDENT, Stack, health_status, wait_until_serving, with_token,
 };
-use school_proto::auth::v1::LoginRequest;
 use school_proto::auth::v1::auth_service_client::AuthServiceClient;
+use school_proto::auth::v1::{LoginRequest, LogoutRequest};
 use school_proto::student::v1::student_service_client::StudentServiceClient;
 use school_proto::student::v1::{CreateStudentRequest, DeleteStudentRequest, GetStudentRequest};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -161,6 +162,48 @@ async fn student_metrics_count_outcomes() {
     assert!(commits >= 1.0, "{text}");
     let size = sample(&text, "storage_size_bytes").expect("storage_size_bytes");
     assert!(size > 0.0, "{text}");
+}
+
+#[tokio::test]
+async fn revocation_lag_is_measured() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let auth = RunningAuth::start(&dir.path().join("auth"), &[]).await;
+    auth.users()
+        .create(STUDENT, PASSWORD, Role::Student)
+        .await
+        .expect("create test user");
+    let (_url, metrics_addr, _stop) =
+        start_student_with_metrics(&dir.path().join("student"), &auth.url()).await;
+    let token = auth.login(STUDENT, PASSWORD).await;
+
+    // The watcher may still be subscribing: log out only once the stream has its snapshot,
+    // which the first revocation after it proves by raising the lag count.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut token = token;
+    loop {
+        auth.client()
+            .await
+            .logout(with_token(LogoutRequest {}, &token))
+            .await
+            .expect("logout");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let text = scrape(metrics_addr).await;
+        let count = sample(&text, "revocation_lag_seconds_count").unwrap_or(0.0);
+        if count >= 1.0 {
+            let total = sample(&text, "revocation_lag_seconds_sum").expect("lag sum");
+            assert!(
+                total / count < 1.0,
+                "average lag {} s: {text}",
+                total / count
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no revocation lag recorded: {text}"
+        );
+        token = auth.login(STUDENT, PASSWORD).await;
+    }
 }
 
 /// Binds auth-service in this process with a bootstrap admin, metrics and a concurrency limit.
@@ -314,4 +357,78 @@ async fn oversized_request_rejected() {
         normal.is_ok(),
         "the same connection still works: {normal:?}"
     );
+}
+
+/// Opens a Login call whose request body never arrives, as a slow or hostile client would, and
+/// returns the task that waits for its answer.
+fn stalled_login(channel: tonic::transport::Channel) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut grpc = tonic::client::Grpc::new(channel);
+        if grpc.ready().await.is_err() {
+            return;
+        }
+        let never = tokio_stream::pending::<LoginRequest>();
+        let path = http::uri::PathAndQuery::from_static("/school.auth.v1.AuthService/Login");
+        let codec =
+            tonic_prost::ProstCodec::<LoginRequest, school_proto::auth::v1::LoginResponse>::default(
+            );
+        let _ = grpc
+            .client_streaming(tonic::Request::new(never), path, codec)
+            .await;
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_client_cannot_starve_others() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let server = bind_auth(&dir.path().join("auth"), "16").await;
+    let addr = server.local_addr();
+    let url = format!("http://{addr}");
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server.serve(async {
+        let _ = stopped.await;
+    }));
+    wait_until_serving(&url, "school.auth.v1.AuthService").await;
+
+    // One client address holds more stalled calls than the whole limit.
+    let attacker = tonic::transport::Endpoint::from_shared(url.clone())
+        .expect("URL")
+        .connect()
+        .await
+        .expect("connect");
+    let stalled: Vec<_> = (0..24).map(|_| stalled_login(attacker.clone())).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Its own further calls are shed, but health checks still answer.
+    let shed = AuthServiceClient::new(attacker.clone())
+        .login(LoginRequest {
+            username: ADMIN.to_owned(),
+            password: PASSWORD.to_owned(),
+        })
+        .await
+        .expect_err("the stalling address has used its share");
+    assert_eq!(shed.code(), Code::ResourceExhausted, "{shed:?}");
+    let health = integration_tests::health_status(&url, "school.auth.v1.AuthService")
+        .await
+        .expect("health answers under load");
+    assert_eq!(health, ServingStatus::Serving);
+
+    // A client from another address is served.
+    let other = tonic::transport::Endpoint::from_shared(url.clone())
+        .expect("URL")
+        .local_address(Some("127.0.0.2".parse().expect("loopback address")))
+        .connect()
+        .await
+        .expect("connect from 127.0.0.2");
+    AuthServiceClient::new(other)
+        .login(LoginRequest {
+            username: ADMIN.to_owned(),
+            password: PASSWORD.to_owned(),
+        })
+        .await
+        .expect("another client address logs in");
+
+    for task in stalled {
+        task.abort();
+    }
 }

@@ -87,8 +87,7 @@ impl AuthService for CountingAuth {
         Err(Status::unimplemented("not needed by these tests"))
     }
 
-    type WatchRevocationsStream =
-        tokio_stream::Empty<Result<WatchRevocationsResponse, Status>>;
+    type WatchRevocationsStream = tokio_stream::Empty<Result<WatchRevocationsResponse, Status>>;
 
     async fn watch_revocations(
         &self,
