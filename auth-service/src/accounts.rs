@@ -196,7 +196,7 @@ impl Users {
     ) -> Result<NewServiceAccount, Error> {
         validate_new_username(name).map_err(|_| Error::InvalidArgument {
             field: "name",
-            reason: "must be 1 to 64 bytes without whitespace or control characters",
+            reason: "must be 1 to 64 bytes of ASCII letters, digits, '.', '_', '-' and '@'",
         })?;
         validate_audiences(&audiences)?;
 

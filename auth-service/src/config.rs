@@ -215,7 +215,7 @@ pub enum UserCommand {
     /// Create a user. The password is read from AUTH_USER_PASSWORD if set, otherwise from the
     /// first line of stdin.
     Add {
-        /// The username: 1 to 64 bytes, no whitespace or control characters.
+        /// The username: 1 to 64 bytes of ASCII letters, digits, '.', '_', '-' and '@'.
         name: String,
         /// The role copied into the user's tokens.
         #[arg(long, value_enum)]

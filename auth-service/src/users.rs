@@ -93,7 +93,7 @@ impl Users {
 
     /// Creates an enabled user, failing with [`Error::UserExists`] if the name is taken.
     ///
-    /// The username must be 1 to 64 bytes without whitespace or control characters, and the
+    /// The username must be 1 to 64 bytes of ASCII letters, digits, `.`, `_`, `-` and `@`, and the
     /// password must pass [`Password::validate_new`]; otherwise the error is
     /// [`Error::InvalidArgument`].
     #[tracing::instrument(skip_all, fields(user.name = ?username, user.role = %role))]
@@ -213,17 +213,18 @@ pub fn validate_username(username: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Checks a name for a new account: the length limits, and no whitespace or control
-/// characters, which would make names look alike in logs and listings.
+/// Checks a name for a new account: the length limits and the characters.
+///
+/// New names are limited to ASCII letters, digits, `.`, `_`, `-` and `@`. That keeps out
+/// look-alike, invisible and bidirectional-override characters, which would let two names read
+/// the same in logs and listings, and matches what student-service accepts as an account link.
 pub(crate) fn validate_new_username(username: &str) -> Result<(), Error> {
     validate_username(username)?;
-    if username
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control())
-    {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@');
+    if !username.chars().all(allowed) {
         return Err(Error::InvalidArgument {
             field: "username",
-            reason: "must not contain whitespace or control characters",
+            reason: "may contain only ASCII letters, digits, '.', '_', '-' and '@'",
         });
     }
     Ok(())
@@ -308,7 +309,18 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir()?;
         let users = users(dir.path()).await?;
 
-        for name in ["", "two words", "tab\there", &"x".repeat(65)] {
+        let cases = [
+            "",
+            "two words",
+            "tab\there",
+            "line\nbreak",
+            "ad\u{e1}",
+            "admin\u{202e}",
+            "zero\u{200b}width",
+            "a/b",
+            &"x".repeat(65),
+        ];
+        for name in cases {
             let created = users.create(name, "pw-long-enough", Role::Student).await;
             assert!(
                 matches!(
@@ -324,6 +336,12 @@ pub(crate) mod tests {
         assert!(
             users
                 .create(&"x".repeat(64), "pw-long-enough", Role::Student)
+                .await
+                .is_ok()
+        );
+        assert!(
+            users
+                .create("ada.l@school-1_x", "pw-long-enough", Role::Student)
                 .await
                 .is_ok()
         );

@@ -118,11 +118,11 @@ fn validate_username(username: &str) -> Result<(), Error> {
             format!("must be at most {MAX_USERNAME_BYTES} bytes"),
         ));
     }
-    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-');
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@');
     if !username.bytes().all(allowed) {
         return Err(invalid(
             "account_username",
-            "may contain only ASCII letters, digits, '.', '_' and '-'",
+            "may contain only ASCII letters, digits, '.', '_', '-' and '@'",
         ));
     }
     Ok(())
@@ -258,7 +258,7 @@ mod tests {
             "ada lovelace",
             "ada/..",
             "adá",
-            "ada@school",
+            "ada\u{202e}",
             too_long.as_str(),
         ] {
             let field = rejected_field(CreateStudentRequest {

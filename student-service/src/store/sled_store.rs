@@ -1,6 +1,7 @@
 //! [`StudentStore`] on an embedded sled database.
 
 use std::ops::Bound;
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -41,9 +42,19 @@ enum Abort {
 }
 
 impl SledStore {
-    /// Opens or creates the database in `dir`. Fails with [`Error::DataDirLocked`] when another
-    /// process (or another `SledStore` in this process) has it open.
+    /// Opens or creates the database in `dir`, creating `dir` with mode 0700 if missing, because
+    /// the records hold students' names and email addresses. Fails with
+    /// [`Error::DataDirLocked`] when another process (or another `SledStore` in this process)
+    /// has it open.
     pub fn open(dir: &Path) -> Result<Self, Error> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| Error::OpenStorage {
+                dir: dir.to_owned(),
+                source: sled::Error::Io(source),
+            })?;
         let db = school_durable::open(dir).map_err(|error| open_error(dir, error))?;
         // A tree that cannot be opened means sled could not read its own metadata.
         let damaged = |source: sled::Error| {
