@@ -432,3 +432,33 @@ async fn stalled_client_cannot_starve_others() {
         task.abort();
     }
 }
+
+#[tokio::test]
+async fn login_fails_fast_while_auth_is_down() {
+    // Reserve a loopback port and release it, so nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("reserve a port")
+        .local_addr()
+        .expect("address")
+        .port();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .expect("URL")
+        .connect_timeout(Duration::from_secs(1))
+        .connect_lazy();
+
+    let started = tokio::time::Instant::now();
+    let status = AuthServiceClient::new(channel)
+        .login(LoginRequest {
+            username: ADMIN.to_owned(),
+            password: PASSWORD.to_owned(),
+        })
+        .await
+        .expect_err("nothing listens");
+
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+}
