@@ -202,6 +202,15 @@ async fn mixed_load_keeps_writes_and_policy() {
     let tokens = Arc::new(tokens);
     let tally = Arc::new(Mutex::new(Tally::default()));
     let resident_before = resident_kib();
+    let sampler = tokio::spawn(async {
+        let mut samples = Vec::new();
+        let started = tokio::time::Instant::now();
+        while started.elapsed() < SOAK {
+            samples.push(resident_kib());
+            tokio::time::sleep(SOAK / 24).await;
+        }
+        samples
+    });
 
     let clients: Vec<_> = (0..CLIENTS)
         .map(|client| {
@@ -217,6 +226,7 @@ async fn mixed_load_keeps_writes_and_policy() {
         client.await.expect("client task");
     }
     let resident_after = resident_kib();
+    let samples = sampler.await.expect("memory sampler");
 
     let tally = std::mem::take(&mut *tally.lock().expect("tally lock"));
     let mut students = stack.student.client().await;
@@ -256,5 +266,15 @@ async fn mixed_load_keeps_writes_and_policy() {
         tally.unexpected
     );
     assert!(tally.denials > 0, "no denial was exercised");
+
+    // Caches and buffers fill during the first half; after that, resident memory must level off.
+    let half = samples.len() / 2;
+    let at_half = samples[half];
+    let peak_after = samples[half..].iter().copied().max().unwrap_or(at_half);
+    eprintln!("resident memory samples (KiB): {samples:?}");
+    assert!(
+        peak_after <= at_half + at_half / 4,
+        "resident memory kept growing: {at_half} KiB at half time, {peak_after} KiB later"
+    );
     assert!(!tally.deleted.is_empty(), "no delete was exercised");
 }
