@@ -462,3 +462,39 @@ async fn login_fails_fast_while_auth_is_down() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn server_honours_client_deadline() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let auth = RunningAuth::start(&dir.path().join("auth"), &[]).await;
+    let channel = tonic::transport::Endpoint::from_shared(auth.url())
+        .expect("URL")
+        .connect()
+        .await
+        .expect("connect");
+
+    // A Login whose body never arrives, with a 300 ms deadline in its grpc-timeout header and
+    // no deadline enforced by the client itself: only the server can end it.
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let mut request = tonic::Request::new(tokio_stream::pending::<LoginRequest>());
+    request.set_timeout(Duration::from_millis(300));
+    let path = http::uri::PathAndQuery::from_static("/school.auth.v1.AuthService/Login");
+    let codec =
+        tonic_prost::ProstCodec::<LoginRequest, school_proto::auth::v1::LoginResponse>::default();
+    let started = tokio::time::Instant::now();
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(10),
+        grpc.client_streaming(request, path, codec),
+    )
+    .await
+    .expect("the server ends the call at its deadline");
+
+    let status = outcome.expect_err("the call cannot succeed");
+    assert_eq!(status.code(), Code::Cancelled, "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
