@@ -140,6 +140,12 @@ pub async fn bind(config: Config) -> Result<BoundServer, Error> {
         .with_login_throttle(throttle.clone());
 
     let metrics = ServiceMetrics::new(&store, users.hasher());
+    metrics.metrics.set_known_methods(
+        policy_source
+            .served()
+            .iter()
+            .map(|method| format!("/{method}")),
+    );
     let metrics_endpoint = match config.metrics_listen {
         Some(addr) => Some(
             MetricsEndpoint::bind(addr, metrics.metrics.clone())

@@ -77,6 +77,11 @@ impl PolicySource {
         }
     }
 
+    /// Returns the methods the service serves, named `package.Service/Method`.
+    pub fn served(&self) -> &BTreeSet<String> {
+        &self.served
+    }
+
     /// Names the source for messages: the file path, or "built-in policy".
     pub fn describe(&self) -> String {
         match &self.origin {

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -23,6 +23,10 @@ use tower::{Layer, Service};
 /// The maximum number of distinct `method` label values. Paths come from clients, so later unknown
 /// paths are counted under [`OTHER_METHOD`] instead of growing the registry without bound.
 const MAX_METHODS: usize = 64;
+
+/// The `method` label of requests to paths the service does not serve, once it has named the
+/// ones it does.
+const UNKNOWN_METHOD: &str = "unknown";
 
 /// The `method` label of requests beyond [`MAX_METHODS`] distinct paths.
 const OTHER_METHOD: &str = "other";
@@ -60,6 +64,8 @@ struct RequestMetrics {
     authorization_denials: Family<MethodLabels, Counter>,
     in_flight: Family<MethodLabels, Gauge>,
     methods: Arc<Mutex<HashSet<String>>>,
+    /// The paths of the served methods, once the service has named them.
+    known: Arc<OnceLock<HashSet<String>>>,
 }
 
 impl Default for Metrics {
@@ -89,6 +95,7 @@ impl Metrics {
             authorization_denials: Family::default(),
             in_flight: Family::default(),
             methods: Arc::default(),
+            known: Arc::default(),
         };
         let mut registry = Registry::default();
         registry.register(
@@ -120,6 +127,15 @@ impl Metrics {
             registry: Arc::new(RwLock::new(registry)),
             requests,
         }
+    }
+
+    /// Limits the `method` label to `methods`, the request paths the service serves (such as
+    /// `/school.student.v1.StudentService/GetStudent`); every other path is counted as
+    /// `unknown`. Without this, the first 64 distinct paths get their own label, so a client
+    /// that sends random paths could take every label before the real methods are called.
+    /// Only the first call has an effect.
+    pub fn set_known_methods(&self, methods: impl IntoIterator<Item = String>) {
+        let _ = self.requests.known.set(methods.into_iter().collect());
     }
 
     /// Adds a service-specific metric under `name`, as
@@ -187,6 +203,13 @@ impl Metrics {
 
 impl RequestMetrics {
     fn method_label(&self, path: &str) -> String {
+        if let Some(known) = self.known.get() {
+            return if known.contains(path) {
+                path.to_owned()
+            } else {
+                UNKNOWN_METHOD.to_owned()
+            };
+        }
         let mut methods = self.methods.lock().unwrap_or_else(PoisonError::into_inner);
         if methods.contains(path) {
             return path.to_owned();
@@ -433,6 +456,23 @@ mod tests {
             "{text}"
         );
         Ok(())
+    }
+
+    #[test]
+    fn known_methods_keep_their_labels() {
+        let metrics = Metrics::new();
+        metrics.set_known_methods(["/pkg.Svc/Real".to_owned()]);
+
+        for index in 0..MAX_METHODS + 10 {
+            let label = metrics
+                .requests
+                .method_label(&format!("/pkg.Svc/Random{index}"));
+            assert_eq!(label, UNKNOWN_METHOD);
+        }
+        assert_eq!(
+            metrics.requests.method_label("/pkg.Svc/Real"),
+            "/pkg.Svc/Real"
+        );
     }
 
     #[test]
