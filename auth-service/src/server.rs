@@ -263,7 +263,9 @@ impl BoundServer {
             Reflection::Off => (None, None),
         };
         let auth = AuthServiceServer::new(self.api).max_decoding_message_size(MAX_REQUEST_BYTES);
-        let user_admin = UserServiceServer::new(UserApi::new(self.users.clone()))
+        let user_admin = UserServiceServer::new(
+            UserApi::new(self.users.clone()).with_login_throttle(self.throttle.clone()),
+        )
             .max_decoding_message_size(MAX_REQUEST_BYTES);
         let reload = reload_on_sighup(
             Arc::clone(&self.guard),

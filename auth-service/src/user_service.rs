@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status};
 use crate::error::Error;
 use crate::password::Password;
 use crate::role::Role;
+use crate::throttle::{AttemptKeys, LoginThrottle};
 use crate::users::{MAX_USERNAME_BYTES, UserSummary, Users};
 
 /// The page size of `ListUsers` when the request leaves it at 0.
@@ -33,12 +34,24 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 #[derive(Clone, Debug)]
 pub struct UserApi {
     users: Users,
+    throttle: Option<LoginThrottle>,
 }
 
 impl UserApi {
     /// Creates the handlers over `users`.
     pub fn new(users: Users) -> Self {
-        UserApi { users }
+        UserApi {
+            users,
+            throttle: None,
+        }
+    }
+
+    /// Counts wrong current passwords in `ChangePassword` as failed logins of the caller in
+    /// `throttle`, so a stolen token cannot be used to guess the password faster than Login
+    /// allows.
+    pub fn with_login_throttle(mut self, throttle: LoginThrottle) -> Self {
+        self.throttle = Some(throttle);
+        self
     }
 }
 
@@ -321,11 +334,16 @@ impl UserService for UserApi {
         request: Request<ChangePasswordRequest>,
     ) -> Result<Response<ChangePasswordResponse>, Status> {
         let actor = Actor::from_request(&request)?;
+        let client = request.remote_addr();
         let ChangePasswordRequest {
             old_password,
             new_password,
         } = request.into_inner();
 
+        let keys = AttemptKeys::new(&actor.name, client);
+        if let Some(throttle) = &self.throttle {
+            throttle.check(&keys)?;
+        }
         let changed = self
             .users
             .change_password(
@@ -334,6 +352,21 @@ impl UserService for UserApi {
                 Password::new(new_password),
             )
             .await;
+        if let Some(throttle) = &self.throttle {
+            match &changed {
+                Ok(()) => throttle.record_success(&keys).await?,
+                Err(Error::InvalidCredentials) => throttle.record_failure(&keys).await?,
+                Err(_) => {}
+            }
+        }
+        // The token is fine; it is the current password that is wrong, so say which field.
+        let changed = changed.map_err(|error| match error {
+            Error::InvalidCredentials => Error::InvalidArgument {
+                field: "old_password",
+                reason: "does not match the current password",
+            },
+            other => other,
+        });
         audit(&actor, "change_password", &actor.name, &changed);
         changed?;
 

@@ -202,7 +202,8 @@ async fn user_changes_own_password() {
         ))
         .await
         .expect_err("wrong current password");
-    assert_eq!(wrong_old.code(), Code::Unauthenticated);
+    assert_eq!(wrong_old.code(), Code::InvalidArgument);
+    assert!(wrong_old.message().contains("old_password"), "{wrong_old:?}");
 
     client
         .change_password(with_token(
@@ -222,6 +223,37 @@ async fn user_changes_own_password() {
     assert_eq!(login_code(&stack, STUDENT, NEW_PASSWORD).await, Code::Ok);
     // Only the caller's own account changed.
     assert_eq!(login_code(&stack, OTHER_STUDENT, PASSWORD).await, Code::Ok);
+}
+
+#[tokio::test]
+async fn change_password_guesses_are_throttled() {
+    let stack = Stack::start().await;
+    let student = stack.token(STUDENT).await;
+    let mut client = users(&stack).await;
+
+    // The default throttle blocks a username after five failures, as for Login.
+    let mut codes = Vec::new();
+    for attempt in 0..7 {
+        let guess = client
+            .change_password(with_token(
+                ChangePasswordRequest {
+                    old_password: format!("guess number {attempt}"),
+                    new_password: NEW_PASSWORD.into(),
+                },
+                &student,
+            ))
+            .await
+            .expect_err("wrong current password");
+        codes.push(guess.code());
+    }
+    assert_eq!(&codes[..5], &[Code::InvalidArgument; 5]);
+    assert_eq!(&codes[5..], &[Code::ResourceExhausted; 2]);
+
+    // Login for that username is blocked too: the guesses count against the same account.
+    assert_eq!(
+        login_code(&stack, STUDENT, PASSWORD).await,
+        Code::ResourceExhausted
+    );
 }
 
 #[tokio::test]
