@@ -51,8 +51,7 @@ impl ServiceMetrics {
             "Fetches of the verification keys from auth-service, by outcome (ok or failed)",
             key_refreshes.clone(),
         );
-        let revocation_lag =
-            Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0].into_iter());
+        let revocation_lag = Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]);
         metrics.register(
             "revocation_lag_seconds",
             "Time from auth-service sending a new revocation to the guard applying it",

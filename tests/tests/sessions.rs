@@ -421,10 +421,10 @@ async fn wait_for_rejection_with(
 ) -> (Status, Duration) {
     let started = Instant::now();
     loop {
-        if let Err(status) = list_students(student, token).await {
-            if accept(&status) {
-                return (status, started.elapsed());
-            }
+        if let Err(status) = list_students(student, token).await
+            && accept(&status)
+        {
+            return (status, started.elapsed());
         }
         assert!(
             started.elapsed() < limit,
