@@ -266,7 +266,7 @@ impl BoundServer {
         let user_admin = UserServiceServer::new(
             UserApi::new(self.users.clone()).with_login_throttle(self.throttle.clone()),
         )
-            .max_decoding_message_size(MAX_REQUEST_BYTES);
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
         let reload = reload_on_sighup(
             Arc::clone(&self.guard),
             self.policy_source,

@@ -203,7 +203,10 @@ async fn user_changes_own_password() {
         .await
         .expect_err("wrong current password");
     assert_eq!(wrong_old.code(), Code::InvalidArgument);
-    assert!(wrong_old.message().contains("old_password"), "{wrong_old:?}");
+    assert!(
+        wrong_old.message().contains("old_password"),
+        "{wrong_old:?}"
+    );
 
     client
         .change_password(with_token(
