@@ -284,9 +284,10 @@ impl AuthService for AuthApi {
     #[tracing::instrument(skip_all, fields(rpc.method = "WatchRevocations"))]
     async fn watch_revocations(
         &self,
-        _request: Request<WatchRevocationsRequest>,
+        request: Request<WatchRevocationsRequest>,
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
-        let stream = self.sessions.revoker().watch()?;
+        let peer = request.remote_addr().map(|addr| addr.ip());
+        let stream = self.sessions.revoker().watch(peer)?;
 
         Ok(Response::new(stream))
     }

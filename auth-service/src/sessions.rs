@@ -9,8 +9,10 @@
 //! Revocations are written to sled before they are published, so they survive a restart, and
 //! each is kept until every token it matches has expired.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use aws_lc_rs::digest;
@@ -43,6 +45,10 @@ const MAX_REFRESH_TOKEN_LEN: usize = 64;
 /// The most `WatchRevocations` streams open at once. Each costs a task and a snapshot copy, and
 /// the method needs no token, so the number must be bounded.
 pub const MAX_WATCHERS: usize = 256;
+
+/// The most `WatchRevocations` streams one client address may hold open. A verifier needs one;
+/// the rest is room for restarts and several services behind one address.
+pub const MAX_WATCHERS_PER_ADDRESS: usize = 16;
 
 /// The maximum number of entries in one `WatchRevocations` message, so that a large snapshot stays far below
 /// the 4 MiB default message limit of gRPC clients (about 80 bytes an entry).
@@ -100,6 +106,8 @@ pub struct Revoker {
     /// Set to `true` at shutdown, which ends every open stream.
     closing: watch::Sender<bool>,
     watchers: Arc<Semaphore>,
+    /// Open streams per client address, so one address cannot hold every stream.
+    watchers_per_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
     /// How long after a revocation by subject its tokens may still be live: the access token
     /// lifetime plus the clock skew allowance.
     subject_retention_secs: i64,
@@ -140,6 +148,7 @@ impl Revoker {
             events,
             closing,
             watchers: Arc::new(Semaphore::new(MAX_WATCHERS)),
+            watchers_per_address: Arc::default(),
             subject_retention_secs: ttl_secs.saturating_add(leeway_secs),
             leeway_secs,
         })
@@ -197,10 +206,21 @@ impl Revoker {
     /// Opens a `WatchRevocations` stream: the current list in messages of at most
     /// [`SNAPSHOT_CHUNK`] entries, the last with `snapshot_complete`, then each new revocation.
     ///
-    /// Fails with [`Error::TooManyWatchers`] when [`MAX_WATCHERS`] streams are open. The stream
-    /// ends with [`Error::RevocationStreamLagged`] if its receiver falls [`EVENT_BUFFER`]
-    /// revocations behind, and ends cleanly at [`Revoker::close_streams`].
-    pub fn watch(&self) -> Result<ReceiverStream<Result<WatchRevocationsResponse, Status>>, Error> {
+    /// Fails with [`Error::TooManyWatchers`] when [`MAX_WATCHERS`] streams are open, or
+    /// [`MAX_WATCHERS_PER_ADDRESS`] from `peer`. The stream ends with
+    /// [`Error::RevocationStreamLagged`] if its receiver falls [`EVENT_BUFFER`] revocations
+    /// behind, and ends cleanly at [`Revoker::close_streams`].
+    pub fn watch(
+        &self,
+        peer: Option<IpAddr>,
+    ) -> Result<ReceiverStream<Result<WatchRevocationsResponse, Status>>, Error> {
+        let address_place = match peer {
+            Some(peer) => Some(
+                AddressPlace::take(&self.watchers_per_address, peer)
+                    .ok_or(Error::TooManyWatchers)?,
+            ),
+            None => None,
+        };
         let permit = Arc::clone(&self.watchers)
             .try_acquire_owned()
             .map_err(|_| Error::TooManyWatchers)?;
@@ -213,6 +233,7 @@ impl Revoker {
 
         tokio::spawn(async move {
             let _permit = permit;
+            let _address_place = address_place;
             tracing::info!(
                 revocations.count = snapshot.len(),
                 "revocation watcher subscribed"
@@ -259,6 +280,40 @@ impl Revoker {
                 }
             }
         })
+    }
+}
+
+/// A stream's place among those of its client address, given back on drop. The table holds only
+/// addresses with open streams, so it is bounded by [`MAX_WATCHERS`].
+struct AddressPlace {
+    peer: IpAddr,
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl AddressPlace {
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, peer: IpAddr) -> Option<Self> {
+        let mut table = counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = table.entry(peer).or_insert(0);
+        if *count >= MAX_WATCHERS_PER_ADDRESS {
+            return None;
+        }
+        *count += 1;
+        Some(AddressPlace {
+            peer,
+            counts: Arc::clone(counts),
+        })
+    }
+}
+
+impl Drop for AddressPlace {
+    fn drop(&mut self) {
+        let mut table = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = table.get_mut(&self.peer) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                table.remove(&self.peer);
+            }
+        }
     }
 }
 

@@ -57,7 +57,29 @@ impl OpenError {
 /// NOTE: sled 0.34 treats a log segment that fails its checksum as the torn end of the log, so
 /// damage inside the `db` file can open without error and lose the records after it. Only a
 /// damaged `conf` file or log header is reported here.
+///
+/// A held lock is retried for half a second before [`OpenError::Locked`] is returned.
 pub fn open(dir: &Path) -> Result<sled::Db, OpenError> {
+    // A process that is just stopping, or a store dropped a moment ago in this process, can
+    // hold the lock for a few milliseconds more while its last flush finishes.
+    let mut attempt = 0;
+    loop {
+        match open_once(dir) {
+            Err(OpenError::Locked { .. }) if attempt < LOCK_RETRIES => {
+                attempt += 1;
+                std::thread::sleep(LOCK_RETRY_DELAY);
+            }
+            result => return result,
+        }
+    }
+}
+
+/// How often [`open`] tries again when the lock is held, and how long it waits between tries:
+/// half a second in all.
+const LOCK_RETRIES: u32 = 25;
+const LOCK_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
+
+fn open_once(dir: &Path) -> Result<sled::Db, OpenError> {
     let config = sled::Config::new().path(dir);
     let opened = catch_unwind(AssertUnwindSafe(|| config.open()));
     let damaged = |detail: String| OpenError::Damaged {

@@ -359,8 +359,8 @@ async fn student_service_fails_closed_without_revocations() {
         .await
         .expect("logout");
 
-    // An attacker holds every revocation stream that auth-service allows; the stack's own
-    // student-service holds one more.
+    // An attacker holds every revocation stream that auth-service allows its address, which is
+    // also the address of the student-services below; the stack's own holds one of them.
     let mut held = Vec::new();
     loop {
         let opened = stack
@@ -381,6 +381,23 @@ async fn student_service_fails_closed_without_revocations() {
             "no stream limit"
         );
     }
+    assert!(
+        held.len() < auth_service::sessions::MAX_WATCHERS_PER_ADDRESS,
+        "one address held {} streams",
+        held.len()
+    );
+
+    // Another address still gets a stream.
+    let other = tonic::transport::Endpoint::from_shared(stack.auth.url())
+        .expect("URL")
+        .local_address(Some("127.0.0.2".parse().expect("loopback address")))
+        .connect()
+        .await
+        .expect("connect from 127.0.0.2");
+    school_proto::auth::v1::auth_service_client::AuthServiceClient::new(other)
+        .watch_revocations(WatchRevocationsRequest {})
+        .await
+        .expect("a stream for another address");
 
     // A student-service that starts now cannot load the list, so it must not trust any token.
     let dir = tempfile::tempdir().expect("temporary directory");
