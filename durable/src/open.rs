@@ -79,8 +79,14 @@ pub fn open(dir: &Path) -> Result<sled::Db, OpenError> {
 const LOCK_RETRIES: u32 = 25;
 const LOCK_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
 
+/// The most memory sled's page cache of one database may use. sled's default is 1 GiB, which
+/// makes a busy service's memory grow for a long time before it levels off.
+const CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
+
 fn open_once(dir: &Path) -> Result<sled::Db, OpenError> {
-    let config = sled::Config::new().path(dir);
+    let config = sled::Config::new()
+        .path(dir)
+        .cache_capacity(CACHE_CAPACITY_BYTES);
     let opened = catch_unwind(AssertUnwindSafe(|| config.open()));
     let damaged = |detail: String| OpenError::Damaged {
         dir: dir.to_owned(),
