@@ -10,4 +10,4 @@ mod group_commit;
 mod open;
 
 pub use group_commit::{CommitError, CommitStats, GroupCommit};
-pub use open::{OpenError, open};
+pub use open::{CACHE_CAPACITY_BYTES, OpenError, open};

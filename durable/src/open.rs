@@ -49,7 +49,8 @@ impl OpenError {
     }
 }
 
-/// Opens or creates the sled database in `dir` with default settings.
+/// Opens or creates the sled database in `dir`, with the page cache capped at
+/// [`CACHE_CAPACITY_BYTES`] and sled's defaults otherwise.
 ///
 /// sled 0.34 reports some damage by panicking while it recovers its log, so the panic is caught
 /// here and returned as [`OpenError::Damaged`]. The default panic hook still prints it first.
@@ -79,9 +80,9 @@ pub fn open(dir: &Path) -> Result<sled::Db, OpenError> {
 const LOCK_RETRIES: u32 = 25;
 const LOCK_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// The most memory sled's page cache of one database may use. sled's default is 1 GiB, which
+/// The maximum memory sled's page cache of one database may use. sled's default is 1 GiB, which
 /// makes a busy service's memory grow for a long time before it levels off.
-const CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
+pub const CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
 
 fn open_once(dir: &Path) -> Result<sled::Db, OpenError> {
     let config = sled::Config::new()

@@ -32,8 +32,8 @@ pub struct ConcurrencyLimitLayer {
 }
 
 impl ConcurrencyLimitLayer {
-    /// Creates the layer with room for `limit` concurrent requests, at most a quarter of them
-    /// (and at least one) from any one client address; `shed` counts rejections.
+    /// Creates the layer with room for `limit` concurrent requests. At most a quarter of them,
+    /// and at least one, may come from any one client address. `shed` counts rejections.
     pub fn new(limit: usize, shed: Counter) -> Self {
         ConcurrencyLimitLayer {
             permits: Arc::new(Semaphore::new(limit)),

@@ -1,5 +1,5 @@
-//! A full disk: writes fail with a clean status, the service keeps answering, and every write
-//! it acknowledged is there after the disk grows and the service restarts.
+//! A full disk: writes fail with a clean status, the service keeps serving health checks, and
+//! every write it acknowledged is there after the disk grows and the service restarts.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -91,7 +91,7 @@ async fn full_disk_loses_no_acknowledged_write() {
         acknowledged.len()
     );
 
-    // The service still answers.
+    // Health checks still succeed.
     let health = integration_tests::health_status(&student.url(), "")
         .await
         .expect("health answers with a full disk");
