@@ -131,7 +131,7 @@ pub struct Config {
     #[arg(long, env = "AUTH_HASH_CONCURRENCY", global = true)]
     pub hash_concurrency: Option<usize>,
 
-    /// Whether the server reflection service answers; `off` hides the method list from
+    /// Whether the server reflection service is served; `off` hides the method list from
     /// unauthenticated callers.
     #[arg(long, env = "AUTH_REFLECTION", value_enum, default_value_t = Reflection::On, global = true)]
     pub reflection: Reflection,

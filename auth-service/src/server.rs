@@ -140,12 +140,7 @@ pub async fn bind(config: Config) -> Result<BoundServer, Error> {
         .with_login_throttle(throttle.clone());
 
     let metrics = ServiceMetrics::new(&store, users.hasher());
-    metrics.metrics.set_known_methods(
-        policy_source
-            .served()
-            .iter()
-            .map(|method| format!("/{method}")),
-    );
+    metrics.metrics.set_known_methods(policy_source.served());
     let metrics_endpoint = match config.metrics_listen {
         Some(addr) => Some(
             MetricsEndpoint::bind(addr, metrics.metrics.clone())

@@ -42,7 +42,7 @@ pub enum ThrottleMode {
 /// The limits of the login throttle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ThrottleSettings {
-    /// How blocks grow.
+    /// The way blocks grow after repeated failures.
     pub mode: ThrottleMode,
     /// Failures per username before it is blocked.
     pub username_free_attempts: u32,

@@ -359,7 +359,7 @@ impl UserService for UserApi {
                 Err(_) => {}
             }
         }
-        // The token is fine; it is the current password that is wrong, so say which field.
+        // The token is valid and the current password is wrong, so the error names that field.
         let changed = changed.map_err(|error| match error {
             Error::InvalidCredentials => Error::InvalidArgument {
                 field: "old_password",

@@ -23,7 +23,7 @@ use crate::load::{ProcessProbe, RunStats, closed_loop, open_loop};
 use crate::report::{Row, median};
 use crate::serve::Setup;
 
-/// How hard and how long to drive each run.
+/// The load and duration of each run.
 #[derive(Clone, Copy, Debug)]
 pub struct Settings {
     /// The length of one run.
@@ -48,7 +48,7 @@ pub struct Bench {
     admin: Arc<Vec<AsciiMetadataValue>>,
 }
 
-/// Which token a call sends.
+/// The token a call sends.
 #[derive(Clone, Copy)]
 enum Pick {
     /// Each worker sends its own token on every call.

@@ -125,7 +125,7 @@ impl TokenCache {
         self.entries.entry_count()
     }
 
-    /// Reports whether the cache holds no entry.
+    /// Reports whether the cache contains no entry.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -21,15 +21,15 @@ use crate::remote::KeyFetcher;
 use crate::revocation::RevocationList;
 use crate::verify::{TokenError, TokenVerifier};
 
-/// The longest part of a request path written to a log, in bytes. Paths are chosen by the
+/// The maximum length of a request path written to a log, in bytes. Paths are chosen by the
 /// client, so a long one must not bloat the logs.
 const MAX_LOGGED_PATH_LEN: usize = 128;
 
-/// The most of a rejected request's body read before answering, in bytes. It matches the
+/// The maximum number of bytes of a rejected request's body read before the response is sent. It matches the
 /// services' message size limit, so a unary request is read whole.
 const MAX_DRAINED_BYTES: usize = 64 * 1024;
 
-/// The longest a rejected request waits for the rest of its body.
+/// The maximum time a rejected request waits for the rest of its body.
 const MAX_DRAIN_TIME: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Authenticates requests with a [`TokenVerifier`] and authorizes them with a [`Policy`].
@@ -366,7 +366,7 @@ fn loggable(path: &str) -> &str {
 /// Server::builder().layer(GuardLayer::new(guard)).add_service(service)
 /// ```
 ///
-/// A rejected request is answered with its gRPC status at once and never reaches the service.
+/// A rejected request gets its gRPC status at once and never reaches the service.
 /// An allowed request to a protected method carries [`Identity`], [`Access`] and [`Grant`] in
 /// its extensions.
 #[derive(Clone, Debug)]
@@ -442,7 +442,7 @@ where
 /// Reads and discards what the client sent of a rejected request's body, up to
 /// [`MAX_DRAINED_BYTES`] and for at most [`MAX_DRAIN_TIME`].
 ///
-/// Answering before the body is read makes the HTTP/2 server reset the stream, and the client's
+/// Responding before the body is read makes the HTTP/2 server reset the stream, and the client's
 /// DATA frames then arrive on a reset stream. At tens of thousands of rejections a second those
 /// resets trip h2's protection against reset floods, which closes the whole connection and
 /// fails the unrelated calls on it. A unary request's body usually arrives with its headers,

@@ -308,7 +308,7 @@ impl RevocationList {
     }
 }
 
-/// Why one subscription to the revocation stream ended.
+/// The reason one subscription to the revocation stream ended.
 #[derive(Debug, thiserror::Error)]
 enum WatchError {
     #[error("WatchRevocations call failed: {0}")]

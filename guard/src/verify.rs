@@ -32,7 +32,7 @@ pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 /// The largest `kid` header accepted, in bytes.
 const MAX_KEY_ID_LEN: usize = 128;
 
-/// What a verifier expects of a token.
+/// The issuer, audience and clock skew a verifier checks tokens against.
 #[derive(Clone, Debug)]
 pub struct VerifierConfig {
     /// The only accepted `iss` claim.
@@ -43,7 +43,7 @@ pub struct VerifierConfig {
     pub leeway: Duration,
 }
 
-/// Why a token was rejected.
+/// The reason a token was rejected.
 #[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
 pub enum TokenError {
     /// The token is not a well-formed JWT, or a claim has the wrong JSON type.
@@ -242,7 +242,7 @@ impl TokenVerifier {
     }
 
     /// Returns the claims of `token` if it passed before, has not expired and its signing key
-    /// is still trusted. Checks nothing else, so a miss says nothing about the token.
+    /// is still trusted. Checks nothing else, so a miss tells nothing about the token.
     pub fn cached(&self, token: &str) -> Option<Claims> {
         let (claims, key_id) = self.cache.get(token)?;
         // A key withdrawn from the set takes its tokens with it at the next call.

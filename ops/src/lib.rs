@@ -11,7 +11,7 @@ pub use endpoint::MetricsEndpoint;
 pub use limit::ConcurrencyLimitLayer;
 pub use metrics::{Metrics, RequestMetricsLayer, ValueCollector, ValueKind};
 
-/// The longest a request may take until its response headers are sent, whatever deadline the
+/// The maximum time a request may take until its response headers are sent, whatever deadline the
 /// client set. It bounds how long a client that never finishes sending its request can hold a
 /// place under the concurrency limit.
 pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

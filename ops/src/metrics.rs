@@ -129,13 +129,14 @@ impl Metrics {
         }
     }
 
-    /// Limits the `method` label to `methods`, the request paths the service serves (such as
-    /// `/school.student.v1.StudentService/GetStudent`); every other path is counted as
-    /// `unknown`. Without this, the first 64 distinct paths get their own label, so a client
+    /// Limits the `method` label to `methods`, the methods the service serves, named
+    /// `package.Service/Method` (such as `school.student.v1.StudentService/GetStudent`). Every
+    /// other request path is counted as `unknown`. Without this, the first 64 distinct paths get their own label, so a client
     /// that sends random paths could take every label before the real methods are called.
     /// Only the first call has an effect.
-    pub fn set_known_methods(&self, methods: impl IntoIterator<Item = String>) {
-        let _ = self.requests.known.set(methods.into_iter().collect());
+    pub fn set_known_methods<'a>(&self, methods: impl IntoIterator<Item = &'a String>) {
+        let paths = methods.into_iter().map(|method| format!("/{method}"));
+        let _ = self.requests.known.set(paths.collect());
     }
 
     /// Adds a service-specific metric under `name`, as
@@ -461,7 +462,7 @@ mod tests {
     #[test]
     fn known_methods_keep_their_labels() {
         let metrics = Metrics::new();
-        metrics.set_known_methods(["/pkg.Svc/Real".to_owned()]);
+        metrics.set_known_methods(&["pkg.Svc/Real".to_owned()]);
 
         for index in 0..MAX_METHODS + 10 {
             let label = metrics

@@ -103,7 +103,7 @@ pub struct Config {
     #[arg(long, env = "STUDENT_SHADOW_POLICY", value_name = "FILE")]
     pub shadow_policy: Option<PathBuf>,
 
-    /// Whether the server reflection service answers; `off` hides the method list from
+    /// Whether the server reflection service is served; `off` hides the method list from
     /// unauthenticated callers.
     #[arg(long, env = "STUDENT_REFLECTION", value_enum, default_value_t = Reflection::On)]
     pub reflection: Reflection,

@@ -93,12 +93,7 @@ pub async fn bind(config: Config) -> Result<BoundServer, Error> {
     let store = Arc::new(SledStore::open(&config.data_dir)?);
     tracing::info!(data_dir = %config.data_dir.display(), "student database opened");
     let metrics = ServiceMetrics::new(&store);
-    metrics.metrics.set_known_methods(
-        policy_source
-            .served()
-            .iter()
-            .map(|method| format!("/{method}")),
-    );
+    metrics.metrics.set_known_methods(policy_source.served());
     let metrics_endpoint = match config.metrics_listen {
         Some(addr) => Some(
             MetricsEndpoint::bind(addr, metrics.metrics.clone())

@@ -390,7 +390,7 @@ async fn stalled_client_cannot_starve_others() {
     }));
     wait_until_serving(&url, "school.auth.v1.AuthService").await;
 
-    // One client address holds more stalled calls than the whole limit.
+    // One client address opens more stalled calls than the whole limit.
     let attacker = tonic::transport::Endpoint::from_shared(url.clone())
         .expect("URL")
         .connect()
@@ -399,7 +399,7 @@ async fn stalled_client_cannot_starve_others() {
     let stalled: Vec<_> = (0..24).map(|_| stalled_login(attacker.clone())).collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    // Its own further calls are shed, but health checks still answer.
+    // Its own further calls are shed, but health checks still succeed.
     let shed = AuthServiceClient::new(attacker.clone())
         .login(LoginRequest {
             username: ADMIN.to_owned(),

@@ -19,7 +19,7 @@ use tonic::Code;
 /// How long the clients run.
 const SOAK: Duration = Duration::from_secs(6);
 
-/// The most resident memory the test process may reach, both services and all clients included.
+/// The maximum resident memory the test process may reach, both services and all clients included.
 const MAX_RESIDENT_KIB: u64 = 1536 * 1024;
 const CLIENTS: usize = 16;
 
