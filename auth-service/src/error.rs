@@ -229,6 +229,10 @@ pub enum Error {
     #[error("token signing failed")]
     TokenSigning(#[source] jsonwebtoken::errors::Error),
 
+    /// A password hashing thread failed while running an operation.
+    #[error("password hashing failed")]
+    HashWorker,
+
     /// A blocking task panicked or was cancelled.
     #[error("background task failed")]
     Task(#[source] tokio::task::JoinError),
@@ -387,6 +391,7 @@ impl From<Error> for Status {
             | Error::Crypto(_)
             | Error::VerificationKey(_)
             | Error::TokenSigning(_)
+            | Error::HashWorker
             | Error::Task(_)
             | Error::Bind { .. }
             | Error::Reflection(_)

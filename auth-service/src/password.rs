@@ -1,12 +1,14 @@
 //! Argon2id password hashing, run off the async runtime with bounded concurrency.
 
+mod workers;
+
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{Output, ParamsString, PasswordHash, Salt, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use tokio::sync::Semaphore;
 use unicode_normalization::UnicodeNormalization as _;
 use zeroize::Zeroizing;
@@ -140,13 +142,15 @@ impl HashParams {
 
 /// Hashes and verifies passwords with Argon2id.
 ///
-/// Each operation runs in `spawn_blocking` while it owns a semaphore permit. At most
-/// `concurrency` hashes use memory at the same time. Later requests wait for a permit, up to the
-/// queue limit; beyond it they fail at once with [`Error::Overloaded`], so a login flood costs
-/// bounded memory and its excess is answered without delay.
+/// Each operation runs on one of `concurrency` dedicated threads while it owns a semaphore
+/// permit. Every thread keeps its Argon2 memory between operations, so hashing uses at most
+/// `concurrency` times the memory cost, however many logins arrive. Later requests wait for a
+/// permit, up to the queue limit; beyond it they fail at once with [`Error::Overloaded`], so the
+/// excess of a login flood is answered without delay.
 #[derive(Clone)]
 pub struct PasswordHasher {
     params: Params,
+    workers: Arc<workers::Workers>,
     permits: Arc<Semaphore>,
     /// The operations waiting for a permit now.
     waiting: Arc<AtomicUsize>,
@@ -170,14 +174,15 @@ impl fmt::Debug for PasswordHasher {
 impl PasswordHasher {
     /// Creates a hasher and computes its dummy hash once, off the runtime.
     ///
-    /// `concurrency` is the number of hashes that may run at once; 0 is treated as 1. Up to
-    /// [`DEFAULT_QUEUE_PER_PERMIT`] operations per permit may wait for one.
+    /// `concurrency` is the number of hashing threads, and so of hashes that may run at once; 0
+    /// is treated as 1. Up to [`DEFAULT_QUEUE_PER_PERMIT`] operations per permit may wait for one.
     pub async fn new(params: HashParams, concurrency: usize) -> Result<Self, Error> {
         let params = params
             .to_argon2()
             .map_err(|error| Error::PasswordHash(argon2::password_hash::Error::from(error)))?;
         let concurrency = concurrency.max(1);
         let mut hasher = Self {
+            workers: Arc::new(workers::Workers::start(concurrency, params.block_count())?),
             params,
             permits: Arc::new(Semaphore::new(concurrency)),
             waiting: Arc::new(AtomicUsize::new(0)),
@@ -213,10 +218,10 @@ impl PasswordHasher {
         aws_lc_rs::rand::fill(&mut salt).map_err(|_| Error::Crypto("generate random bytes"))?;
         let salt = SaltString::encode_b64(&salt).map_err(Error::PasswordHash)?;
 
-        let argon2 = self.argon2();
-        self.run_blocking(move || {
-            argon2
-                .hash_password(password.normalized().as_bytes(), &salt)
+        let settings = self.settings();
+        self.run_on_worker(move |memory| {
+            settings
+                .compute(&password, salt.as_salt(), memory)
                 .map(|hash| hash.to_string())
                 .map_err(Error::PasswordHash)
         })
@@ -226,7 +231,8 @@ impl PasswordHasher {
     /// Verifies a password against a stored PHC string, or against the dummy hash when
     /// `stored_hash` is `None`, in which case the result is always `false`.
     ///
-    /// The stored hash's own parameters apply, so hashes made with older settings still verify.
+    /// The stored hash's own algorithm, version and parameters apply, so hashes made with older
+    /// settings still verify. The outputs are compared in constant time.
     pub async fn verify(
         &self,
         password: Password,
@@ -238,15 +244,17 @@ impl PasswordHasher {
             None => Arc::clone(&self.dummy_hash),
         };
 
-        let argon2 = self.argon2();
         let matches = self
-            .run_blocking(move || {
-                let parsed = PasswordHash::new(&phc).map_err(Error::PasswordHash)?;
-                match argon2.verify_password(password.normalized().as_bytes(), &parsed) {
-                    Ok(()) => Ok(true),
-                    Err(argon2::password_hash::Error::Password) => Ok(false),
-                    Err(other) => Err(Error::PasswordHash(other)),
-                }
+            .run_on_worker(move |memory| {
+                let stored = PasswordHash::new(&phc).map_err(Error::PasswordHash)?;
+                let (Some(salt), Some(expected)) = (stored.salt, stored.hash) else {
+                    return Ok(false);
+                };
+                let computed = Settings::of(&stored)
+                    .and_then(|settings| settings.compute(&password, salt, memory))
+                    .map_err(Error::PasswordHash)?;
+                // `Output` compares in constant time.
+                Ok(computed.hash == Some(expected))
             })
             .await?;
 
@@ -271,14 +279,19 @@ impl PasswordHasher {
         !(current_algorithm && current_version && current_params)
     }
 
-    fn argon2(&self) -> Argon2<'static> {
-        Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone())
+    fn settings(&self) -> Settings {
+        Settings {
+            algorithm: Algorithm::Argon2id,
+            version: Version::V0x13,
+            params: self.params.clone(),
+        }
     }
 
-    async fn run_blocking<T, F>(&self, work: F) -> Result<T, Error>
+    /// Runs `work` on a hashing thread once a permit is free, giving it that thread's memory.
+    async fn run_on_worker<T, F>(&self, work: F) -> Result<T, Error>
     where
         T: Send + 'static,
-        F: FnOnce() -> Result<T, Error> + Send + 'static,
+        F: FnOnce(&mut [Block]) -> Result<T, Error> + Send + 'static,
     {
         let permit = match Arc::clone(&self.permits).try_acquire_owned() {
             Ok(permit) => permit,
@@ -294,13 +307,74 @@ impl PasswordHasher {
             }
         };
 
-        tokio::task::spawn_blocking(move || {
-            let result = work();
-            drop(permit);
-            result
+        // The permit goes with the work, so it is held until the hash ends, also when the
+        // caller has stopped waiting: the number of running hashes never exceeds the permits.
+        self.workers
+            .run(move |memory| {
+                let result = work(memory);
+                drop(permit);
+                result
+            })
+            .await?
+    }
+}
+
+/// The settings of one Argon2 computation: those of new hashes, or those a stored hash names.
+struct Settings {
+    algorithm: Algorithm,
+    version: Version,
+    params: Params,
+}
+
+impl Settings {
+    /// Reads the settings a stored hash was made with.
+    fn of(stored: &PasswordHash<'_>) -> Result<Settings, argon2::password_hash::Error> {
+        Ok(Settings {
+            algorithm: Algorithm::try_from(stored.algorithm)?,
+            version: stored
+                .version
+                .map(Version::try_from)
+                .transpose()?
+                .unwrap_or_default(),
+            params: Params::try_from(stored)?,
         })
-        .await
-        .map_err(Error::Task)?
+    }
+
+    /// Computes the hash of `password` with `salt`, in `memory` when it has enough blocks.
+    ///
+    /// A stored hash with a higher memory cost than the configured one gets memory of its own
+    /// for this call. The next login replaces such a hash with one of the configured cost.
+    fn compute<'a>(
+        &self,
+        password: &Password,
+        salt: Salt<'a>,
+        memory: &mut [Block],
+    ) -> Result<PasswordHash<'a>, argon2::password_hash::Error> {
+        let argon2 = Argon2::new(self.algorithm, self.version, self.params.clone());
+        let mut salt_buffer = [0u8; Salt::MAX_LENGTH];
+        let salt_bytes = salt.decode_b64(&mut salt_buffer)?;
+        let normalized = password.normalized();
+        let output_len = self
+            .params
+            .output_len()
+            .unwrap_or(Params::DEFAULT_OUTPUT_LEN);
+        let output = Output::init_with(output_len, |out| {
+            let password = normalized.as_bytes();
+            match memory.get_mut(..self.params.block_count()) {
+                Some(memory) => {
+                    argon2.hash_password_into_with_memory(password, salt_bytes, out, memory)
+                }
+                None => argon2.hash_password_into(password, salt_bytes, out),
+            }
+            .map_err(Into::into)
+        })?;
+        Ok(PasswordHash {
+            algorithm: self.algorithm.ident(),
+            version: Some(self.version.into()),
+            params: ParamsString::try_from(&self.params)?,
+            salt: Some(salt),
+            hash: Some(output),
+        })
     }
 }
 
@@ -451,6 +525,97 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn hashes_match_the_argon2_crate_both_ways() -> Result<(), Error> {
+        use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
+
+        let params = test_params()
+            .to_argon2()
+            .map_err(|error| Error::PasswordHash(error.into()))?;
+        let reference = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+        let hasher = PasswordHasher::new(test_params(), 1).await?;
+
+        // A hash stored before the hasher kept its own memory still verifies.
+        let salt = SaltString::encode_b64(&[9u8; SALT_BYTES]).map_err(Error::PasswordHash)?;
+        let stored = reference
+            .hash_password(b"pw", &salt)
+            .map_err(Error::PasswordHash)?
+            .to_string();
+        assert!(hasher.verify(Password::new("pw".into()), Some(&stored)).await?);
+        assert!(!hasher.verify(Password::new("pv".into()), Some(&stored)).await?);
+
+        // A hash made now verifies with the crate's own verifier.
+        let made = hasher.hash(Password::new("pw".into())).await?;
+        let parsed = PasswordHash::new(&made).map_err(Error::PasswordHash)?;
+        assert!(reference.verify_password(b"pw", &parsed).is_ok());
+        assert!(reference.verify_password(b"pv", &parsed).is_err());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn stored_settings_apply_whatever_the_configured_ones() -> Result<(), Error> {
+        use argon2::password_hash::PasswordHasher as _;
+
+        let hasher = PasswordHasher::new(test_params(), 1).await?;
+        let salt = SaltString::encode_b64(&[3u8; SALT_BYTES]).map_err(Error::PasswordHash)?;
+        let stored = |algorithm, version, memory_kib| -> Result<String, Error> {
+            let params = HashParams {
+                memory_kib,
+                ..test_params()
+            }
+            .to_argon2()
+            .map_err(|error| Error::PasswordHash(error.into()))?;
+            Ok(Argon2::new(algorithm, version, params)
+                .hash_password(b"pw", &salt)
+                .map_err(Error::PasswordHash)?
+                .to_string())
+        };
+
+        // More memory than the hashing threads keep, another algorithm, the older version.
+        for hash in [
+            stored(Algorithm::Argon2id, Version::V0x13, 256)?,
+            stored(Algorithm::Argon2i, Version::V0x13, 64)?,
+            stored(Algorithm::Argon2d, Version::V0x10, 64)?,
+        ] {
+            assert!(
+                hasher.verify(Password::new("pw".into()), Some(&hash)).await?,
+                "{hash} does not verify"
+            );
+            assert!(!hasher.verify(Password::new("pv".into()), Some(&hash)).await?);
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn damaged_stored_hashes_never_verify() -> Result<(), Error> {
+        let hasher = PasswordHasher::new(test_params(), 1).await?;
+        let good = hasher.hash(Password::new("pw".into())).await?;
+        let without_output = good.rsplit_once('$').map_or("", |(head, _)| head).to_owned();
+        let other_output = format!("{without_output}$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+
+        for damaged in [
+            String::new(),
+            "not a PHC string".to_owned(),
+            good.replacen("argon2id", "scrypt", 1),
+            good.replacen("m=64", "m=1", 1),
+            other_output,
+        ] {
+            let verified = hasher.verify(Password::new("pw".into()), Some(&damaged)).await;
+            assert!(
+                !matches!(verified, Ok(true)),
+                "{damaged:?} verified"
+            );
+        }
+        assert!(
+            !hasher
+                .verify(Password::new("pw".into()), Some(&without_output))
+                .await
+                .unwrap_or(false),
+            "a hash without its output verified"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn invalid_params_are_rejected() {
         let params = HashParams {
             memory_kib: 1,
@@ -557,6 +722,7 @@ mod tests {
         let new = PasswordHasher::new(stronger, 1).await?;
         let old_hash = old.hash(Password::new("pw".into())).await?;
         let new_hash = new.hash(Password::new("pw".into())).await?;
+        use argon2::password_hash::PasswordHasher as _;
         let argon2i_hash = Argon2::new(
             Algorithm::Argon2i,
             Version::V0x13,

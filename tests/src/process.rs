@@ -95,6 +95,11 @@ impl ServiceProcess {
         format!("http://{}", self.addr)
     }
 
+    /// Returns the process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the process with SIGKILL and waits for it.
     pub fn kill(mut self) {
         let _ = self.child.kill();
