@@ -540,8 +540,16 @@ mod tests {
             .hash_password(b"pw", &salt)
             .map_err(Error::PasswordHash)?
             .to_string();
-        assert!(hasher.verify(Password::new("pw".into()), Some(&stored)).await?);
-        assert!(!hasher.verify(Password::new("pv".into()), Some(&stored)).await?);
+        assert!(
+            hasher
+                .verify(Password::new("pw".into()), Some(&stored))
+                .await?
+        );
+        assert!(
+            !hasher
+                .verify(Password::new("pv".into()), Some(&stored))
+                .await?
+        );
 
         // A hash made now verifies with the crate's own verifier.
         let made = hasher.hash(Password::new("pw".into())).await?;
@@ -577,10 +585,16 @@ mod tests {
             stored(Algorithm::Argon2d, Version::V0x10, 64)?,
         ] {
             assert!(
-                hasher.verify(Password::new("pw".into()), Some(&hash)).await?,
+                hasher
+                    .verify(Password::new("pw".into()), Some(&hash))
+                    .await?,
                 "{hash} does not verify"
             );
-            assert!(!hasher.verify(Password::new("pv".into()), Some(&hash)).await?);
+            assert!(
+                !hasher
+                    .verify(Password::new("pv".into()), Some(&hash))
+                    .await?
+            );
         }
         Ok(())
     }
@@ -589,7 +603,10 @@ mod tests {
     async fn damaged_stored_hashes_never_verify() -> Result<(), Error> {
         let hasher = PasswordHasher::new(test_params(), 1).await?;
         let good = hasher.hash(Password::new("pw".into())).await?;
-        let without_output = good.rsplit_once('$').map_or("", |(head, _)| head).to_owned();
+        let without_output = good
+            .rsplit_once('$')
+            .map_or("", |(head, _)| head)
+            .to_owned();
         let other_output = format!("{without_output}$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
 
         for damaged in [
@@ -599,11 +616,10 @@ mod tests {
             good.replacen("m=64", "m=1", 1),
             other_output,
         ] {
-            let verified = hasher.verify(Password::new("pw".into()), Some(&damaged)).await;
-            assert!(
-                !matches!(verified, Ok(true)),
-                "{damaged:?} verified"
-            );
+            let verified = hasher
+                .verify(Password::new("pw".into()), Some(&damaged))
+                .await;
+            assert!(!matches!(verified, Ok(true)), "{damaged:?} verified");
         }
         assert!(
             !hasher

@@ -93,7 +93,15 @@ fn start_services(dir: &Path) -> Services {
     ] {
         let (status, stderr) = run_to_exit(
             &auth_binary,
-            &["--data-dir", &auth_dir, "user", "add", username, "--role", role],
+            &[
+                "--data-dir",
+                &auth_dir,
+                "user",
+                "add",
+                username,
+                "--role",
+                role,
+            ],
             &[("AUTH_USER_PASSWORD", PASSWORD)],
             Duration::from_secs(30),
         );
@@ -232,19 +240,7 @@ async fn run_client(
                         .map(drop),
                     &[],
                 ),
-                None => (
-                    students
-                        .list_students(with_token(
-                            ListStudentsRequest {
-                                page_size: 20,
-                                page_token: String::new(),
-                            },
-                            &tokens[TEACHER],
-                        ))
-                        .await
-                        .map(drop),
-                    &[],
-                ),
+                None => (list_first_page(&mut students, &tokens[TEACHER]).await, &[]),
             },
             4 => match own.pop() {
                 Some(id) => {
@@ -259,19 +255,7 @@ async fn run_client(
                     }
                     (deleted.map(drop), &[])
                 }
-                None => (
-                    students
-                        .list_students(with_token(
-                            ListStudentsRequest {
-                                page_size: 20,
-                                page_token: String::new(),
-                            },
-                            &tokens[TEACHER],
-                        ))
-                        .await
-                        .map(drop),
-                    &[],
-                ),
+                None => (list_first_page(&mut students, &tokens[TEACHER]).await, &[]),
             },
             _ => {
                 // Another student's record, or a deletion by a student: both are denied.
@@ -321,6 +305,21 @@ async fn run_client(
 
 fn uuid_like(client: usize, step: usize) -> String {
     format!("00000000-0000-4000-8000-{:012x}", client * 1_000_000 + step)
+}
+
+/// Reads the first page of student records with `token`.
+async fn list_first_page(
+    students: &mut StudentServiceClient<Channel>,
+    token: &str,
+) -> Result<(), tonic::Status> {
+    let request = ListStudentsRequest {
+        page_size: 20,
+        page_token: String::new(),
+    };
+    students
+        .list_students(with_token(request, token))
+        .await
+        .map(drop)
 }
 
 /// Samples the resident memory of each process until `deadline`.
