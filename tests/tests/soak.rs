@@ -339,11 +339,10 @@ async fn mixed_load_keeps_writes_policy_and_memory() {
     let urls = Arc::new((services.auth.url(), services.student.url()));
     let pids = [services.auth.pid(), services.student.pid()];
     let idle = pids.map(resident_kib);
-    let mut tokens = BTreeMap::new();
-    for username in [ADMIN, TEACHER, STUDENT, OTHER_STUDENT] {
-        tokens.insert(username, login(&urls.0, username).await);
-    }
-    let tokens = Arc::new(tokens);
+    // Concurrent logins, so that every hashing thread has its memory before the warm-up ends.
+    let users = [ADMIN, TEACHER, STUDENT, OTHER_STUDENT];
+    let logins = futures::future::join_all(users.map(|username| login(&urls.0, username))).await;
+    let tokens = Arc::new(users.into_iter().zip(logins).collect::<BTreeMap<_, _>>());
     let tally = Arc::new(Mutex::new(Tally::default()));
     let soak = soak_duration();
     let deadline = Instant::now() + soak;
