@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::error::Error;
-use crate::password::{HashParams, Password};
+use crate::password::{DEFAULT_HASH_NICE, HashParams, Password};
 use crate::role::Role;
 use crate::users::validate_username;
 
@@ -36,6 +36,9 @@ const MAX_PURGE_INTERVAL_SECS: u64 = 60 * 60;
 
 /// The largest accepted clock skew allowance: five minutes.
 const MAX_LEEWAY_SECS: u64 = 5 * 60;
+
+/// The highest niceness of the hashing threads, the lowest priority the scheduler offers.
+const MAX_HASH_NICE: i32 = 19;
 
 /// The settings of the auth service. Every flag can also be set with the environment variable
 /// named in its help; a flag on the command line wins over the variable.
@@ -130,6 +133,12 @@ pub struct Config {
     /// [default: number of CPUs].
     #[arg(long, env = "AUTH_HASH_CONCURRENCY", global = true)]
     pub hash_concurrency: Option<usize>,
+
+    /// Scheduling niceness of the password hashing threads, 0 to 19. Higher values let token
+    /// checks run first when the CPUs are busy, at the cost of slower logins; 0 runs hashing
+    /// at the process's priority.
+    #[arg(long, env = "AUTH_HASH_NICE", default_value_t = DEFAULT_HASH_NICE, global = true)]
+    pub hash_nice: i32,
 
     /// Whether the server reflection service is served; `off` hides the method list from
     /// unauthenticated callers.
@@ -343,6 +352,13 @@ impl Config {
                 "hash-concurrency",
                 "AUTH_HASH_CONCURRENCY",
                 "must be at least 1",
+            ));
+        }
+        if !(0..=MAX_HASH_NICE).contains(&self.hash_nice) {
+            return Err(Error::invalid_config(
+                "hash-nice",
+                "AUTH_HASH_NICE",
+                format!("must be 0 to {MAX_HASH_NICE}, got {}", self.hash_nice),
             ));
         }
         self.throttle.validate()?;

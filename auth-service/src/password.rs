@@ -39,6 +39,10 @@ const SALT_BYTES: usize = 16;
 /// parameters on one core of a 2-core cloud VM), four waiters per permit wait at most about 65 ms.
 pub const DEFAULT_QUEUE_PER_PERMIT: usize = 4;
 
+/// The scheduling niceness of the hashing threads unless configured otherwise: a login may
+/// wait a little longer when the CPUs are busy, so token checks are not delayed by hashing.
+pub const DEFAULT_HASH_NICE: i32 = 10;
+
 /// A password in memory: zeroized on drop, printed as `[redacted]`.
 #[derive(Clone)]
 pub struct Password(Zeroizing<String>);
@@ -177,12 +181,26 @@ impl PasswordHasher {
     /// `concurrency` is the number of hashing threads, and so of hashes that may run at once; 0
     /// is treated as 1. Up to [`DEFAULT_QUEUE_PER_PERMIT`] operations per permit may wait for one.
     pub async fn new(params: HashParams, concurrency: usize) -> Result<Self, Error> {
+        Self::with_thread_nice(params, concurrency, DEFAULT_HASH_NICE).await
+    }
+
+    /// Creates a hasher like [`PasswordHasher::new`] whose threads run at scheduling niceness
+    /// `nice` (0 to 19, where 0 is the process's own priority and higher runs less often).
+    pub async fn with_thread_nice(
+        params: HashParams,
+        concurrency: usize,
+        nice: i32,
+    ) -> Result<Self, Error> {
         let params = params
             .to_argon2()
             .map_err(|error| Error::PasswordHash(argon2::password_hash::Error::from(error)))?;
         let concurrency = concurrency.max(1);
         let mut hasher = Self {
-            workers: Arc::new(workers::Workers::start(concurrency, params.block_count())?),
+            workers: Arc::new(workers::Workers::start(
+                concurrency,
+                params.block_count(),
+                nice,
+            )?),
             params,
             permits: Arc::new(Semaphore::new(concurrency)),
             waiting: Arc::new(AtomicUsize::new(0)),
@@ -628,6 +646,20 @@ mod tests {
                 .unwrap_or(false),
             "a hash without its output verified"
         );
+        Ok(())
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn hashing_threads_run_at_the_configured_niceness() -> Result<(), Error> {
+        let niceness = || rustix::process::getpriority_process(Some(rustix::thread::gettid()));
+        let own = niceness().map_err(|_| Error::Crypto("read niceness"))?;
+        let hasher = PasswordHasher::with_thread_nice(test_params(), 1, 7).await?;
+
+        let hashing = hasher.workers.run(move |_memory| niceness()).await?;
+
+        // Without the right to raise priority, a thread of a process already above 7 stays there.
+        assert_eq!(hashing.ok(), Some(own.max(7)));
         Ok(())
     }
 

@@ -82,7 +82,12 @@ pub async fn open_users(config: &Config) -> Result<(SledStore, Users), Error> {
 /// Opens the store, the user accounts and the revoker that disabling a user goes through.
 async fn open_accounts(config: &Config) -> Result<(SledStore, Users, Revoker), Error> {
     let store = SledStore::open(&config.data_dir).await?;
-    let hasher = PasswordHasher::new(config.hash_params(), config.hash_concurrency()).await?;
+    let hasher = PasswordHasher::with_thread_nice(
+        config.hash_params(),
+        config.hash_concurrency(),
+        config.hash_nice,
+    )
+    .await?;
     let revoker =
         Revoker::load(Arc::new(store.clone()), config.token_ttl(), config.leeway()).await?;
     let users = Users::new(Arc::new(store.clone()), hasher).with_revoker(revoker.clone());

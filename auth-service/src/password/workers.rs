@@ -25,15 +25,19 @@ pub(super) struct Workers {
 }
 
 impl Workers {
-    /// Starts `count` threads, each of which allocates `blocks` Argon2 blocks at its first job.
-    pub(super) fn start(count: usize, blocks: usize) -> Result<Workers, Error> {
+    /// Starts `count` threads at scheduling niceness `nice`, each of which allocates `blocks`
+    /// Argon2 blocks at its first job.
+    pub(super) fn start(count: usize, blocks: usize, nice: i32) -> Result<Workers, Error> {
         let (jobs, queue) = mpsc::channel::<Job>();
         let queue = Arc::new(Mutex::new(queue));
         for index in 0..count {
             let queue = Arc::clone(&queue);
             std::thread::Builder::new()
                 .name(format!("argon2-{index}"))
-                .spawn(move || work(&queue, blocks))
+                .spawn(move || {
+                    lower_priority(nice);
+                    work(&queue, blocks);
+                })
                 .map_err(|source| Error::Io {
                     operation: "start a password hashing thread",
                     source,
@@ -61,6 +65,25 @@ impl Workers {
         result.await.map_err(|_| Error::HashWorker)
     }
 }
+
+/// Sets the niceness of the calling thread, so that the scheduler prefers the runtime's threads,
+/// which serve token checks, over hashing when both want a CPU. A failure is logged and the
+/// thread runs at the process's priority.
+#[cfg(target_os = "linux")]
+fn lower_priority(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    // On Linux, niceness belongs to a thread, so this changes only the hashing thread.
+    let thread = rustix::thread::gettid();
+    if let Err(error) = rustix::process::setpriority_process(Some(thread), nice) {
+        tracing::warn!(nice, %error, "failed to lower the priority of a hashing thread");
+    }
+}
+
+/// Leaves the priority alone where niceness is not per thread.
+#[cfg(not(target_os = "linux"))]
+fn lower_priority(_nice: i32) {}
 
 /// Runs the jobs of one hashing thread until the queue closes.
 fn work(queue: &Mutex<mpsc::Receiver<Job>>, blocks: usize) {
