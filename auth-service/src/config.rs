@@ -10,6 +10,7 @@ use crate::error::Error;
 use crate::password::{DEFAULT_HASH_NICE, HashParams, Password};
 use crate::role::Role;
 use crate::users::validate_username;
+use school_guard::threads::MAX_NICE as MAX_HASH_NICE;
 
 /// The environment variable with the bootstrap admin's password. It has no flag, so the
 /// password never appears in a process listing.
@@ -36,9 +37,6 @@ const MAX_PURGE_INTERVAL_SECS: u64 = 60 * 60;
 
 /// The largest accepted clock skew allowance: five minutes.
 const MAX_LEEWAY_SECS: u64 = 5 * 60;
-
-/// The highest niceness of the hashing threads, the lowest priority the scheduler offers.
-const MAX_HASH_NICE: i32 = 19;
 
 /// The settings of the auth service. Every flag can also be set with the environment variable
 /// named in its help; a flag on the command line wins over the variable.

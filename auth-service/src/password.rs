@@ -1,7 +1,5 @@
 //! Argon2id password hashing, run off the async runtime with bounded concurrency.
 
-mod workers;
-
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,6 +7,7 @@ use std::sync::{Arc, LazyLock};
 
 use argon2::password_hash::{Output, ParamsString, PasswordHash, Salt, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
+use school_guard::threads::WorkerThreads;
 use tokio::sync::Semaphore;
 use unicode_normalization::UnicodeNormalization as _;
 use zeroize::Zeroizing;
@@ -41,7 +40,7 @@ pub const DEFAULT_QUEUE_PER_PERMIT: usize = 4;
 
 /// The scheduling niceness of the hashing threads unless configured otherwise: a login may
 /// wait a little longer when the CPUs are busy, so token checks are not delayed by hashing.
-pub const DEFAULT_HASH_NICE: i32 = 10;
+pub const DEFAULT_HASH_NICE: i32 = school_guard::threads::DEFAULT_NICE;
 
 /// A password in memory: zeroized on drop, printed as `[redacted]`.
 #[derive(Clone)]
@@ -150,11 +149,15 @@ impl HashParams {
 /// permit. Every thread keeps its Argon2 memory between operations, so hashing uses at most
 /// `concurrency` times the memory cost, however many logins arrive. Later requests wait for a
 /// permit, up to the queue limit; beyond it they fail at once with [`Error::Overloaded`], so the
-/// excess of a login flood is answered without delay.
+/// excess of a login flood is rejected without delay.
 #[derive(Clone)]
 pub struct PasswordHasher {
     params: Params,
-    workers: Arc<workers::Workers>,
+    /// The hashing threads, each with the Argon2 memory it keeps between hashes. Argon2 fills
+    /// that memory completely for every hash, so reusing one buffer per thread costs nothing.
+    /// With a fresh allocation per hash on tokio's blocking pool, the resident size grew in
+    /// steps of the memory cost under a login load; reused buffers keep it flat.
+    threads: Arc<WorkerThreads<Vec<Block>>>,
     permits: Arc<Semaphore>,
     /// The operations waiting for a permit now.
     waiting: Arc<AtomicUsize>,
@@ -196,11 +199,14 @@ impl PasswordHasher {
             .map_err(|error| Error::PasswordHash(argon2::password_hash::Error::from(error)))?;
         let concurrency = concurrency.max(1);
         let mut hasher = Self {
-            workers: Arc::new(workers::Workers::start(
-                concurrency,
-                params.block_count(),
-                nice,
-            )?),
+            threads: Arc::new(
+                WorkerThreads::start("argon2", concurrency, nice, Vec::new).map_err(|source| {
+                    Error::Io {
+                        operation: "start the password hashing threads",
+                        source,
+                    }
+                })?,
+            ),
             params,
             permits: Arc::new(Semaphore::new(concurrency)),
             waiting: Arc::new(AtomicUsize::new(0)),
@@ -327,13 +333,19 @@ impl PasswordHasher {
 
         // The permit goes with the work, so it is held until the hash ends, also when the
         // caller has stopped waiting: the number of running hashes never exceeds the permits.
-        self.workers
-            .run(move |memory| {
+        let blocks = self.params.block_count();
+        self.threads
+            .run(move |memory: &mut Vec<Block>| {
+                // Allocated at a thread's first hash and kept; see `threads`.
+                if memory.len() < blocks {
+                    *memory = vec![Block::default(); blocks];
+                }
                 let result = work(memory);
                 drop(permit);
                 result
             })
-            .await?
+            .await
+            .map_err(|_| Error::HashWorker)?
     }
 }
 
@@ -656,7 +668,11 @@ mod tests {
         let own = niceness().map_err(|_| Error::Crypto("read niceness"))?;
         let hasher = PasswordHasher::with_thread_nice(test_params(), 1, 7).await?;
 
-        let hashing = hasher.workers.run(move |_memory| niceness()).await?;
+        let hashing = hasher
+            .threads
+            .run(move |_memory: &mut Vec<Block>| niceness())
+            .await
+            .map_err(|_| Error::HashWorker)?;
 
         // Without the right to raise priority, a thread of a process already above 7 stays there.
         assert_eq!(hashing.ok(), Some(own.max(7)));

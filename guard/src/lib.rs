@@ -21,6 +21,7 @@ pub mod rejection;
 pub mod reload;
 pub mod remote;
 pub mod revocation;
+pub mod threads;
 pub mod verify;
 
 pub use identity::{Access, Grant, Identity};

@@ -8,7 +8,7 @@
 //! A token that passes is remembered in a [`TokenCache`] until its `exp`, so a client that sends
 //! the same token on every call pays for one signature check, not one per call.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -24,6 +24,7 @@ use crate::cache::{DEFAULT_CAPACITY, TokenCache};
 use crate::claims::Claims;
 use crate::keys::{ALGORITHM, ALGORITHM_NAME, KeySet};
 use crate::revocation::RevocationList;
+use crate::threads::{self, WorkerThreads};
 
 /// The largest token accepted, in bytes. Our tokens are about 400 bytes; the limit keeps a
 /// hostile token from costing more than a few microseconds of parsing.
@@ -194,12 +195,14 @@ impl TokenVerifier {
         self.check_revoked(claims)
     }
 
-    /// Verifies `token` like [`TokenVerifier::verify`], but runs the signature check on tokio's
-    /// blocking thread pool, at most one check per two available cores at a time.
+    /// Verifies `token` like [`TokenVerifier::verify`], but runs the signature check on the
+    /// process's signature-checking threads, one per two available cores, at a lower scheduling
+    /// priority than the async runtime.
     ///
     /// Cached tokens and tokens rejected before the signature check never leave the calling
-    /// task. A flood of well-signed-looking tokens therefore queues for the signature slots
-    /// instead of occupying the async workers that serve callers whose tokens are cached.
+    /// task. A flood of well-signed-looking tokens therefore queues for the signature threads
+    /// instead of occupying the async workers, and the scheduler serves callers whose tokens are
+    /// cached first.
     pub async fn verify_async(&self, token: &str) -> Result<Claims, TokenError> {
         if let Some(claims) = self.cached(token) {
             return self.check_revoked(claims);
@@ -220,12 +223,20 @@ impl TokenVerifier {
             .map_err(|_| TokenError::BadSignature)?;
         let verifier = self.clone();
         let owned = token.to_owned();
-        let verified = tokio::task::spawn_blocking(move || verifier.verify_at(&owned, now))
-            .await
-            .map_err(|error| {
-                tracing::error!(%error, "token verification task failed");
-                TokenError::BadSignature
-            })?;
+        let check = move || verifier.verify_at(&owned, now);
+        let verified = match signature_threads() {
+            Some(threads) => threads
+                .run(move |_: &mut ()| check())
+                .await
+                .map_err(|error| error.to_string()),
+            None => tokio::task::spawn_blocking(check)
+                .await
+                .map_err(|error| error.to_string()),
+        }
+        .map_err(|error| {
+            tracing::error!(%error, "token verification task failed");
+            TokenError::BadSignature
+        })?;
         let (claims, key_id) = verified?;
         self.cache.insert(token, &key_id, &claims);
         self.check_revoked(claims)
@@ -383,6 +394,23 @@ fn map_library_error(error: jsonwebtoken::errors::Error) -> TokenError {
 /// and at least one, so that the async workers keep a core for cached calls.
 fn signature_slots() -> usize {
     std::thread::available_parallelism().map_or(1, |cores| (cores.get() / 2).max(1))
+}
+
+/// Returns the process's signature-checking threads, started at first use: one per signature
+/// slot, at [`threads::DEFAULT_NICE`], so that callers whose tokens are cached go first when the
+/// CPUs are busy. Returns `None` if the threads could not be started, and the checks then run
+/// on tokio's blocking pool.
+fn signature_threads() -> Option<&'static WorkerThreads<()>> {
+    static THREADS: OnceLock<Option<WorkerThreads<()>>> = OnceLock::new();
+    THREADS
+        .get_or_init(|| {
+            WorkerThreads::start("verify", signature_slots(), threads::DEFAULT_NICE, || ())
+                .inspect_err(|error| {
+                    tracing::error!(%error, "failed to start the signature-checking threads");
+                })
+                .ok()
+        })
+        .as_ref()
 }
 
 /// Returns the current time in seconds since the Unix epoch.
