@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::error::Error;
 use crate::password::{DEFAULT_HASH_NICE, HashParams, Password};
 use crate::role::Role;
+use crate::sessions::DEFAULT_MAX_SESSIONS_PER_USER;
 use crate::users::validate_username;
 use school_guard::threads::MAX_NICE as MAX_HASH_NICE;
 
@@ -34,6 +35,9 @@ const MAX_REFRESH_TOKEN_TTL_SECS: u64 = 90 * 24 * 60 * 60;
 
 /// The longest accepted time between purges of expired sessions: one hour.
 const MAX_PURGE_INTERVAL_SECS: u64 = 60 * 60;
+
+/// The highest accepted limit of live sessions per user.
+const MAX_SESSIONS_PER_USER: usize = 10_000;
 
 /// The largest accepted clock skew allowance: five minutes.
 const MAX_LEEWAY_SECS: u64 = 5 * 60;
@@ -110,6 +114,16 @@ pub struct Config {
         global = true
     )]
     pub session_purge_interval_secs: u64,
+
+    /// The maximum number of live sessions per user. A login beyond it ends the user's oldest
+    /// session and revokes its tokens, which keeps stored sessions bounded.
+    #[arg(
+        long,
+        env = "AUTH_MAX_SESSIONS_PER_USER",
+        default_value_t = DEFAULT_MAX_SESSIONS_PER_USER,
+        global = true
+    )]
+    pub max_sessions_per_user: usize,
 
     /// Clock skew allowed when ValidateToken checks exp and nbf, in seconds (0 to 300).
     #[arg(long, env = "AUTH_LEEWAY_SECS", default_value_t = 5, global = true)]
@@ -350,6 +364,16 @@ impl Config {
                 "hash-concurrency",
                 "AUTH_HASH_CONCURRENCY",
                 "must be at least 1",
+            ));
+        }
+        if !(1..=MAX_SESSIONS_PER_USER).contains(&self.max_sessions_per_user) {
+            return Err(Error::invalid_config(
+                "max-sessions-per-user",
+                "AUTH_MAX_SESSIONS_PER_USER",
+                format!(
+                    "must be 1 to {MAX_SESSIONS_PER_USER}, got {}",
+                    self.max_sessions_per_user
+                ),
             ));
         }
         if !(0..=MAX_HASH_NICE).contains(&self.hash_nice) {

@@ -136,7 +136,8 @@ pub async fn bind(config: Config) -> Result<BoundServer, Error> {
         issuer.clone(),
         revoker.clone(),
         config.refresh_token_ttl(),
-    );
+    )
+    .with_max_sessions_per_user(config.max_sessions_per_user);
     let throttle = config.throttle.open(&config.data_dir)?;
     // The guard verifies with this service's own keys, so it needs no key fetch.
     let guard = Arc::new(Guard::new(verifier.clone(), policy));

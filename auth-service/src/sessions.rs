@@ -58,6 +58,10 @@ const SNAPSHOT_CHUNK: usize = 1_000;
 /// and resynchronizes from a new snapshot.
 const EVENT_BUFFER: usize = 1_024;
 
+/// The maximum number of live sessions per user unless configured otherwise. A login beyond it
+/// ends the user's oldest session, so the stored sessions stay bounded by users × limit.
+pub const DEFAULT_MAX_SESSIONS_PER_USER: usize = 100;
+
 /// The token type of every issued token (RFC 6750).
 const TOKEN_TYPE: &str = "Bearer";
 
@@ -393,12 +397,14 @@ pub struct Sessions {
     issuer: TokenIssuer,
     revoker: Revoker,
     refresh_ttl_secs: i64,
+    max_sessions_per_user: usize,
 }
 
 impl fmt::Debug for Sessions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Sessions")
             .field("refresh_ttl_secs", &self.refresh_ttl_secs)
+            .field("max_sessions_per_user", &self.max_sessions_per_user)
             .finish_non_exhaustive()
     }
 }
@@ -428,7 +434,15 @@ impl Sessions {
             issuer,
             revoker,
             refresh_ttl_secs: i64::try_from(refresh_ttl.as_secs()).unwrap_or(i64::MAX),
+            max_sessions_per_user: DEFAULT_MAX_SESSIONS_PER_USER,
         }
+    }
+
+    /// Sets the most live sessions one user may have; 0 is treated as 1. A login beyond the
+    /// limit ends the user's oldest sessions and revokes their access tokens.
+    pub fn with_max_sessions_per_user(mut self, limit: usize) -> Self {
+        self.max_sessions_per_user = limit.max(1);
+        self
     }
 
     /// Returns the revoker that records this service's revocations.
@@ -443,16 +457,39 @@ impl Sessions {
         subject: &str,
         access: &IssuedToken,
     ) -> Result<IssuedRefreshToken, Error> {
-        let family_id = uuid::Uuid::new_v4().to_string();
+        // UUIDv7 ids sort by creation time, which orders a user's sessions for the limit.
+        let family_id = uuid::Uuid::now_v7().to_string();
         let (token, first) = self.new_refresh_token(access)?;
         self.store
             .create_session(&family_id, subject, &first)
             .await?;
         tracing::info!(session.id = %family_id, token.id = %access.token_id, "session started");
+        self.end_sessions_beyond_limit(subject).await?;
         Ok(IssuedRefreshToken {
             token,
             expires_in: self.refresh_ttl_secs,
         })
+    }
+
+    /// Ends `subject`'s oldest sessions while the user has more than the limit, and revokes the
+    /// access tokens issued in them.
+    async fn end_sessions_beyond_limit(&self, subject: &str) -> Result<(), Error> {
+        let oldest = self
+            .store
+            .sessions_beyond(subject, self.max_sessions_per_user)
+            .await?;
+        for family_id in &oldest {
+            let live = self.store.end_session(family_id, unix_now()).await?;
+            self.revoker.revoke_tokens(&live).await?;
+            tracing::info!(
+                session.id = %family_id,
+                user.name = subject,
+                sessions.limit = self.max_sessions_per_user,
+                tokens.revoked = live.len(),
+                "oldest session ended: the user has more sessions than the limit"
+            );
+        }
+        Ok(())
     }
 
     /// Exchanges `presented` for a new access token and refresh token.

@@ -174,8 +174,10 @@ async fn user_command_fails_while_server_runs() {
 #[tokio::test]
 async fn invalid_settings_exit_with_64() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [&[&str]; 5] = [
+    let cases: [&[&str]; 7] = [
         &["--token-ttl-secs", "0", "user", "list"],
+        &["--max-sessions-per-user", "0", "user", "list"],
+        &["--max-sessions-per-user", "10001", "user", "list"],
         &["--hash-nice", "20", "user", "list"],
         &["--hash-nice=-1", "user", "list"],
         &["--listen", "not-an-address", "user", "list"],

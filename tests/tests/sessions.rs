@@ -507,6 +507,35 @@ async fn password_changes_revoke_sessions() {
 }
 
 #[tokio::test]
+async fn oldest_session_ends_beyond_the_per_user_limit() {
+    let stack = Stack::start_with(&["--max-sessions-per-user", "2"], &[]).await;
+    let first = login(&stack.auth, TEACHER).await;
+    let second = login(&stack.auth, TEACHER).await;
+    let other_user = login(&stack.auth, ADMIN).await;
+    let third = login(&stack.auth, TEACHER).await;
+
+    let rejected_refresh = refresh(&stack.auth, &first.refresh_token)
+        .await
+        .expect_err("the oldest session ended");
+    assert_eq!(rejected_refresh.code(), Code::Unauthenticated);
+    assert_eq!(reason(&rejected_refresh), "INVALID_REFRESH_TOKEN");
+    let (rejected, _) =
+        wait_for_rejection(&stack.student, &first.access_token, PROPAGATION_LIMIT).await;
+    assert_revoked(&rejected);
+
+    for (name, session) in [
+        ("second", &second),
+        ("third", &third),
+        ("another user's", &other_user),
+    ] {
+        let renewed = refresh(&stack.auth, &session.refresh_token).await;
+        assert!(renewed.is_ok(), "the {name} session ended: {renewed:?}");
+        let listed = list_students(&stack.student, &session.access_token).await;
+        assert!(listed.is_ok(), "the {name} session's token: {listed:?}");
+    }
+}
+
+#[tokio::test]
 async fn expired_sessions_and_revocations_are_purged() {
     let auth_args = [
         "--token-ttl-secs",

@@ -27,6 +27,10 @@ use tonic::transport::Channel;
 /// How long the clients run unless `SOAK_SECS` sets another length in seconds.
 const DEFAULT_SOAK: Duration = Duration::from_secs(20);
 const CLIENTS: usize = 16;
+/// The user the clients log in as. Each login starts a session, and beyond the per-user limit
+/// it ends the oldest one and revokes its tokens, so the tokens the clients call with belong to
+/// other users.
+const LOGIN_USER: &str = "lee";
 /// How often each service's resident memory is read.
 const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 /// The share of the run, at its start, in which memory may still grow.
@@ -90,6 +94,7 @@ fn start_services(dir: &Path) -> Services {
         (TEACHER, "teacher"),
         (STUDENT, "student"),
         (OTHER_STUDENT, "student"),
+        (LOGIN_USER, "teacher"),
     ] {
         let (status, stderr) = run_to_exit(
             &auth_binary,
@@ -177,7 +182,7 @@ async fn run_client(
             // Only a quarter of the clients log in, so the password hashing queue never fills.
             0 if client.is_multiple_of(4) => (
                 auth.login(LoginRequest {
-                    username: TEACHER.to_owned(),
+                    username: LOGIN_USER.to_owned(),
                     password: PASSWORD.to_owned(),
                 })
                 .await

@@ -21,6 +21,26 @@ const FAMILIES_TREE: &str = "session_families";
 const ACCESS_TOKENS_TREE: &str = "session_access_tokens";
 const REVOKED_TOKENS_TREE: &str = "revoked_tokens";
 const REVOKED_SUBJECTS_TREE: &str = "revoked_subjects";
+/// The live sessions of each user, keyed by username, a zero byte and the session id. Session
+/// ids are UUIDv7, which sort by creation time, so a user's sessions are listed oldest first.
+/// Sessions started before this index existed are not in it; they end when they expire.
+const SUBJECT_SESSIONS_TREE: &str = "session_subjects";
+
+/// Returns the key of a session in [`SUBJECT_SESSIONS_TREE`].
+fn subject_session_key(subject: &str, family_id: &str) -> Vec<u8> {
+    let mut key = subject_prefix(subject);
+    key.extend_from_slice(family_id.as_bytes());
+    key
+}
+
+/// Returns the key prefix of a user's sessions in [`SUBJECT_SESSIONS_TREE`]. Usernames contain
+/// no zero byte, so one user's prefix never starts another's keys.
+fn subject_prefix(subject: &str) -> Vec<u8> {
+    let mut prefix = Vec::with_capacity(subject.len() + 1);
+    prefix.extend_from_slice(subject.as_bytes());
+    prefix.push(0);
+    prefix
+}
 
 /// The SHA-256 digest of a refresh token, its storage key.
 pub type RefreshDigest = [u8; 32];
@@ -141,6 +161,9 @@ pub trait SessionStore: Send + Sync {
     /// Ends every session of `subject` and returns how many were live.
     async fn end_sessions_of(&self, subject: &str, now: i64) -> Result<usize, Error>;
 
+    /// Returns the ids of `subject`'s live sessions beyond the `keep` newest ones, oldest first.
+    async fn sessions_beyond(&self, subject: &str, keep: usize) -> Result<Vec<String>, Error>;
+
     /// Persists revocations, keeping the wider of two entries for one subject.
     async fn insert_revocations(&self, revocations: &[StoredRevocation]) -> Result<(), Error>;
 
@@ -256,6 +279,28 @@ impl SledStore {
             .map_err(storage("open session tree"))
     }
 
+    /// Removes the entries of [`SUBJECT_SESSIONS_TREE`] whose session was purged, returning how
+    /// many. Ended sessions leave the index when they end.
+    fn purge_subject_sessions(&self) -> Result<usize, Error> {
+        let families = self.session_tree(FAMILIES_TREE)?;
+        let subject_sessions = self.session_tree(SUBJECT_SESSIONS_TREE)?;
+        let mut removed = 0;
+        for item in subject_sessions.iter() {
+            let (key, _) = item.map_err(storage("read sessions of a user"))?;
+            let family_id = key.splitn(2, |byte| *byte == 0).nth(1).unwrap_or_default();
+            if !families
+                .contains_key(family_id)
+                .map_err(storage("read session"))?
+            {
+                subject_sessions
+                    .remove(&key)
+                    .map_err(storage("purge session index entry"))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Removes the records of `tree` that expired before `now`, returning how many.
     fn purge_tree<T: Expiring>(&self, name: &'static str, now: i64) -> Result<usize, Error> {
         let tree = self.session_tree(name)?;
@@ -319,13 +364,24 @@ impl SessionStore for SledStore {
         let refresh_tokens = self.session_tree(REFRESH_TOKENS_TREE)?;
         let families = self.session_tree(FAMILIES_TREE)?;
         let access_tokens = self.session_tree(ACCESS_TOKENS_TREE)?;
-        (&refresh_tokens, &families, &access_tokens)
-            .transaction(|(refresh_tokens, families, access_tokens)| {
-                refresh_tokens.insert(&first.digest[..], refresh.as_slice())?;
-                families.insert(family_id.as_bytes(), family.as_slice())?;
-                access_tokens.insert(first.access_token.token_id.as_bytes(), access.as_slice())?;
-                Ok::<(), ConflictableTransactionError<Error>>(())
-            })
+        let subject_sessions = self.session_tree(SUBJECT_SESSIONS_TREE)?;
+        let index_key = subject_session_key(subject, family_id);
+        (
+            &refresh_tokens,
+            &families,
+            &access_tokens,
+            &subject_sessions,
+        )
+            .transaction(
+                |(refresh_tokens, families, access_tokens, subject_sessions)| {
+                    refresh_tokens.insert(&first.digest[..], refresh.as_slice())?;
+                    families.insert(family_id.as_bytes(), family.as_slice())?;
+                    access_tokens
+                        .insert(first.access_token.token_id.as_bytes(), access.as_slice())?;
+                    subject_sessions.insert(index_key.as_slice(), &[])?;
+                    Ok::<(), ConflictableTransactionError<Error>>(())
+                },
+            )
             .map_err(transaction_error("create session"))?;
         self.flush().await
     }
@@ -430,8 +486,9 @@ impl SessionStore for SledStore {
 
     async fn end_session(&self, family_id: &str, now: i64) -> Result<Vec<AccessTokenRef>, Error> {
         let families = self.session_tree(FAMILIES_TREE)?;
-        let live = families
-            .transaction(|families| {
+        let subject_sessions = self.session_tree(SUBJECT_SESSIONS_TREE)?;
+        let live = (&families, &subject_sessions)
+            .transaction(|(families, subject_sessions)| {
                 let abort = ConflictableTransactionError::Abort;
                 let Some(bytes) = families.get(family_id.as_bytes())? else {
                     return Ok(Vec::new());
@@ -441,6 +498,7 @@ impl SessionStore for SledStore {
                     return Ok(Vec::new());
                 }
                 family.ended = true;
+                subject_sessions.remove(subject_session_key(&family.subject, family_id))?;
                 let live: Vec<AccessTokenRef> = family
                     .access_tokens
                     .iter()
@@ -475,6 +533,19 @@ impl SessionStore for SledStore {
             self.end_session(family_id, now).await?;
         }
         Ok(owned.len())
+    }
+
+    async fn sessions_beyond(&self, subject: &str, keep: usize) -> Result<Vec<String>, Error> {
+        let subject_sessions = self.session_tree(SUBJECT_SESSIONS_TREE)?;
+        let prefix = subject_prefix(subject);
+        let mut ids = Vec::new();
+        for item in subject_sessions.scan_prefix(&prefix) {
+            let (key, _) = item.map_err(storage("read sessions of a user"))?;
+            ids.push(String::from_utf8_lossy(&key[prefix.len()..]).into_owned());
+        }
+        let beyond = ids.len().saturating_sub(keep);
+        ids.truncate(beyond);
+        Ok(ids)
     }
 
     async fn insert_revocations(&self, revocations: &[StoredRevocation]) -> Result<(), Error> {
@@ -560,9 +631,79 @@ impl SessionStore for SledStore {
             revocations: self.purge_tree::<RevokedTokenRecordV1>(REVOKED_TOKENS_TREE, now)?
                 + self.purge_tree::<RevokedSubjectRecordV1>(REVOKED_SUBJECTS_TREE, now)?,
         };
-        if counts != PurgeCounts::default() {
+        let index_entries = self.purge_subject_sessions()?;
+        if counts != PurgeCounts::default() || index_entries > 0 {
             self.flush().await?;
         }
         Ok(counts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn first_token(seed: u8, expires_at: i64) -> NewRefreshToken {
+        NewRefreshToken {
+            digest: [seed; 32],
+            expires_at,
+            access_token: AccessTokenRef {
+                token_id: format!("token-{seed}"),
+                expires_at,
+            },
+        }
+    }
+
+    /// Starts sessions `ids` of `subject` in order, each expiring at `expires_at`.
+    async fn start(
+        store: &SledStore,
+        subject: &str,
+        ids: &[(&str, u8)],
+        expires_at: i64,
+    ) -> Result<(), Error> {
+        for &(id, seed) in ids {
+            store
+                .create_session(id, subject, &first_token(seed, expires_at))
+                .await?;
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn sessions_beyond_lists_a_users_oldest() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = SledStore::open(dir.path()).await?;
+        // Ids that sort in creation order, as UUIDv7 ids do.
+        start(&store, "tom", &[("s1", 1), ("s2", 2), ("s3", 3)], 100).await?;
+        // A username that extends another must not be read as the same user.
+        start(&store, "tomas", &[("s0", 4)], 100).await?;
+
+        assert_eq!(store.sessions_beyond("tom", 1).await?, ["s1", "s2"]);
+        assert_eq!(store.sessions_beyond("tom", 3).await?, Vec::<String>::new());
+        assert_eq!(store.sessions_beyond("tomas", 0).await?, ["s0"]);
+        assert_eq!(store.sessions_beyond("to", 0).await?, Vec::<String>::new());
+
+        store.end_session("s1", 0).await?;
+        assert_eq!(
+            store.sessions_beyond("tom", 0).await?,
+            ["s2", "s3"],
+            "an ended session leaves the index"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn purge_removes_expired_sessions_from_the_index()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = SledStore::open(dir.path()).await?;
+        start(&store, "tom", &[("old", 1)], 10).await?;
+        start(&store, "tom", &[("new", 2)], 1_000).await?;
+
+        let counts = store.purge_expired(500).await?;
+
+        assert_eq!(counts.sessions, 1);
+        assert_eq!(store.sessions_beyond("tom", 0).await?, ["new"]);
+        Ok(())
     }
 }
