@@ -22,7 +22,6 @@ use tracing::field;
 use crate::error::Error;
 use crate::keys::KeyRing;
 use crate::password::Password;
-use crate::role::Role;
 use crate::sessions::{RefreshToken, Sessions};
 use crate::throttle::{AttemptKeys, LoginThrottle};
 use crate::tokens::TokenIssuer;
@@ -68,22 +67,20 @@ impl AuthApi {
         self
     }
 
-    /// Checks the password unless the throttle blocks the username or the client address, and
-    /// counts the outcome. Only a wrong password, unknown user or disabled account counts as a
-    /// failure.
-    async fn authenticate(
+    /// Runs `check` unless the throttle blocks one of `keys`, and counts its outcome. Only
+    /// [`Error::InvalidCredentials`] (a wrong password or secret, an unknown or disabled
+    /// account) counts as a failure.
+    async fn throttled<T>(
         &self,
-        username: &str,
-        password: Password,
-        client: Option<SocketAddr>,
-    ) -> Result<Role, Error> {
+        keys: AttemptKeys,
+        check: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
         let Some(throttle) = &self.throttle else {
-            return self.users.authenticate(username, password).await;
+            return check.await;
         };
-        let keys = AttemptKeys::new(username, client);
         throttle.check(&keys)?;
 
-        let outcome = self.users.authenticate(username, password).await;
+        let outcome = check.await;
         match &outcome {
             Ok(_) => throttle.record_success(&keys).await?,
             Err(Error::InvalidCredentials) => throttle.record_failure(&keys).await?,
@@ -102,7 +99,12 @@ impl AuthApi {
         password.validate()?;
         tracing::Span::current().record("user.name", username);
 
-        let role = self.authenticate(username, password, client).await?;
+        let role = self
+            .throttled(
+                AttemptKeys::new(username, client),
+                self.users.authenticate(username, password),
+            )
+            .await?;
         let issued = self.issuer.issue(username, role)?;
         tracing::info!(token.id = %issued.token_id, "access token issued");
         let refresh = self.sessions.start(username, &issued).await?;
@@ -119,6 +121,7 @@ impl AuthApi {
     async fn issue_for_service_account(
         &self,
         request: IssueServiceTokenRequest,
+        client: Option<SocketAddr>,
     ) -> Result<IssueServiceTokenResponse, Error> {
         let IssueServiceTokenRequest {
             client_id,
@@ -133,10 +136,16 @@ impl AuthApi {
         }
         tracing::Span::current().record("client.id", client_id.as_str());
 
-        // TODO: no rate limit against guessing client secrets, as for Login.
+        // Failed secrets count like failed passwords: per client id and per address.
         let account = self
-            .users
-            .authenticate_service(&client_id, Password::new(client_secret), &audience)
+            .throttled(
+                AttemptKeys::for_service(&client_id, client),
+                self.users.authenticate_service(
+                    &client_id,
+                    Password::new(client_secret),
+                    &audience,
+                ),
+            )
             .await?;
         let issued = self
             .issuer
@@ -242,7 +251,10 @@ impl AuthService for AuthApi {
         &self,
         request: Request<IssueServiceTokenRequest>,
     ) -> Result<Response<IssueServiceTokenResponse>, Status> {
-        let issued = self.issue_for_service_account(request.into_inner()).await?;
+        let client = request.remote_addr();
+        let issued = self
+            .issue_for_service_account(request.into_inner(), client)
+            .await?;
 
         Ok(Response::new(issued))
     }

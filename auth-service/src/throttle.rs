@@ -230,6 +230,15 @@ impl AttemptKeys {
         }
     }
 
+    /// Builds the keys for an `IssueServiceToken` attempt with `client_id`. The client id is
+    /// counted apart from usernames, and the address together with logins from it.
+    pub fn for_service(client_id: &str, client: Option<SocketAddr>) -> Self {
+        Self {
+            username: format!("service\0{client_id}"),
+            ..Self::new("", client)
+        }
+    }
+
     fn all(&self) -> impl Iterator<Item = (&str, bool)> {
         std::iter::once((self.username.as_str(), true))
             .chain(self.address.as_deref().map(|key| (key, false)))
@@ -522,5 +531,15 @@ mod tests {
         assert_eq!(first.address, second.address);
         assert_eq!(first.address.as_deref(), Some("addr\x002001:db8:1:2::/64"));
         assert_eq!(mapped.address.as_deref(), Some("addr\x00192.0.2.7"));
+    }
+
+    #[test]
+    fn client_ids_are_counted_apart_from_usernames() {
+        let client = "192.0.2.7:3".parse().ok();
+        let user = AttemptKeys::new("svc-1", client);
+        let service = AttemptKeys::for_service("svc-1", client);
+
+        assert_ne!(user.username, service.username);
+        assert_eq!(user.address, service.address);
     }
 }

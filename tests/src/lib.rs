@@ -38,6 +38,19 @@ pub const STUDENT: &str = "sam";
 /// A second student account, for checks that one student cannot read another's record.
 pub const OTHER_STUDENT: &str = "sue";
 
+/// auth-service flags that block a username or client id for 600 seconds after three failures,
+/// in lockout mode so that no test races a short block. Addresses are allowed 1000 failures.
+pub const LOCKOUT_AFTER_THREE: [&str; 8] = [
+    "--login-throttle",
+    "lockout",
+    "--login-username-attempts",
+    "3",
+    "--login-address-attempts",
+    "1000",
+    "--login-max-delay-secs",
+    "600",
+];
+
 /// How long a test waits for a server to become ready before it fails.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 

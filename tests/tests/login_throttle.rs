@@ -7,17 +7,7 @@ use school_proto::auth::v1::LoginRequest;
 use tonic::Code;
 use tonic_types::StatusExt as _;
 
-/// Lockout mode, so that every block lasts the full 600 seconds and no test races a short one.
-const ATTEMPT_FLAGS: [&str; 8] = [
-    "--login-throttle",
-    "lockout",
-    "--login-username-attempts",
-    "3",
-    "--login-address-attempts",
-    "1000",
-    "--login-max-delay-secs",
-    "600",
-];
+use integration_tests::LOCKOUT_AFTER_THREE as ATTEMPT_FLAGS;
 
 async fn start(dir: &std::path::Path, flags: &[&str]) -> RunningAuth {
     let auth = RunningAuth::start(dir, flags).await;

@@ -3,7 +3,7 @@
 
 #![allow(clippy::expect_used)]
 
-use integration_tests::{ADMIN, RunningStudent, Stack, with_token};
+use integration_tests::{ADMIN, LOCKOUT_AFTER_THREE, RunningStudent, Stack, with_token};
 use school_client::{Credentials, TokenSource, error_info};
 use school_proto::auth::v1::{
     CreateServiceAccountRequest, CreateServiceAccountResponse, IssueServiceTokenRequest,
@@ -97,6 +97,44 @@ async fn service_token_is_bound_to_its_audience() {
         (Code::Unauthenticated, Some("wrong_audience".to_owned()))
     );
     own_audience.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_secrets_are_throttled_per_client_id() {
+    let stack = Stack::start_with(&LOCKOUT_AFTER_THREE, &[]).await;
+    let account = create_account(&stack, "reporting").await;
+    let other = create_account(&stack, "billing").await;
+
+    for attempt in 1..=3 {
+        let wrong = issue(&stack, &account.client_id, "guess", STUDENT_AUDIENCE)
+            .await
+            .expect_err("wrong secret");
+        assert_eq!(wrong.code(), Code::Unauthenticated, "attempt {attempt}");
+    }
+    let blocked = issue(
+        &stack,
+        &account.client_id,
+        &account.client_secret,
+        STUDENT_AUDIENCE,
+    )
+    .await
+    .expect_err("the right secret is blocked too once the client id is");
+
+    assert_eq!(blocked.code(), Code::ResourceExhausted);
+    assert_eq!(
+        error_info(&blocked).map(|info| info.reason).as_deref(),
+        Some("LOGIN_THROTTLED")
+    );
+    let unaffected = issue(
+        &stack,
+        &other.client_id,
+        &other.client_secret,
+        STUDENT_AUDIENCE,
+    )
+    .await;
+    assert!(unaffected.is_ok(), "another client id: {unaffected:?}");
+    let user_login = stack.token(ADMIN).await;
+    assert!(!user_login.is_empty(), "a user login from the same address");
 }
 
 #[tokio::test]
