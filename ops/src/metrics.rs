@@ -222,27 +222,51 @@ impl RequestMetrics {
         OTHER_METHOD.to_owned()
     }
 
-    fn record(&self, path: &str, headers: &HeaderMap, elapsed: std::time::Duration) {
+    /// Records a response whose headers have arrived: its duration now, and its code now when
+    /// the headers carry it. A trailers-only response, which tonic sends for every error of a
+    /// unary call, has the status in its headers. Otherwise the status follows in the trailers,
+    /// and the returned [`PendingCode`] records it when the body ends.
+    fn record_headers(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+        elapsed: std::time::Duration,
+    ) -> Option<PendingCode> {
         let method = self.method_label(path);
-        // A trailers-only response, which tonic sends for every error of a unary call, carries
-        // the status in its headers. Otherwise the status follows in the trailers, after the
-        // body, and is OK for every unary call that got this far.
-        // TODO: read the trailers, so a streaming call that fails after its headers counts
-        // under its real code.
-        let status = tonic::Status::from_header_map(headers);
-        let code = status.as_ref().map_or(Code::Ok, tonic::Status::code);
+        self.durations
+            .get_or_create(&MethodLabels {
+                method: method.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
+        match tonic::Status::from_header_map(headers) {
+            Some(status) => {
+                self.count(method, status.code(), Some(status));
+                None
+            }
+            None => Some(PendingCode {
+                metrics: Some(self.clone()),
+                method,
+            }),
+        }
+    }
 
+    /// Records a whole response from its headers alone, as a test shortcut: a response
+    /// without a status in its headers counts as OK.
+    #[cfg(test)]
+    fn record(&self, path: &str, headers: &HeaderMap, elapsed: std::time::Duration) {
+        if let Some(pending) = self.record_headers(path, headers, elapsed) {
+            pending.finish(Code::Ok, None);
+        }
+    }
+
+    /// Counts a call that ended with `code`, and its authentication failure or denial.
+    fn count(&self, method: String, code: Code, status: Option<tonic::Status>) {
         self.requests
             .get_or_create(&MethodCodeLabels {
                 method: method.clone(),
                 code: format!("{code:?}"),
             })
             .inc();
-        self.durations
-            .get_or_create(&MethodLabels {
-                method: method.clone(),
-            })
-            .observe(elapsed.as_secs_f64());
 
         match (code, status) {
             (Code::Unauthenticated, Some(status)) => {
@@ -295,7 +319,7 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     S::Future: Send + 'static,
 {
-    type Response = S::Response;
+    type Response = Response<RecordedBody<ResBody>>;
     type Error = S::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -318,11 +342,99 @@ where
         Box::pin(async move {
             let response = response.await;
             drop(in_flight);
-            if let Ok(response) = &response {
-                metrics.record(&path, response.headers(), started.elapsed());
-            }
-            response
+            response.map(|response| {
+                let pending = metrics.record_headers(&path, response.headers(), started.elapsed());
+                response.map(|body| RecordedBody {
+                    body,
+                    pending: pending.unwrap_or_else(PendingCode::recorded),
+                })
+            })
         })
+    }
+}
+
+/// The code of a call whose status comes in the trailers, recorded once they arrive. A call
+/// whose body ends without trailers counts as `Unknown`, and one whose body is dropped before
+/// its end, because the client went away, as `Cancelled`.
+struct PendingCode {
+    /// `None` once recorded, or when the headers carried the code.
+    metrics: Option<RequestMetrics>,
+    method: String,
+}
+
+impl PendingCode {
+    /// Returns a code that is already recorded.
+    fn recorded() -> Self {
+        PendingCode {
+            metrics: None,
+            method: String::new(),
+        }
+    }
+
+    fn finish(mut self, code: Code, status: Option<tonic::Status>) {
+        if let Some(metrics) = self.metrics.take() {
+            metrics.count(std::mem::take(&mut self.method), code, status);
+        }
+    }
+
+    /// Records the status in `trailers`; trailers without one count as `Unknown`.
+    fn finish_with_trailers(self, trailers: &HeaderMap) {
+        match tonic::Status::from_header_map(trailers) {
+            Some(status) => self.finish(status.code(), Some(status)),
+            None => self.finish(Code::Unknown, None),
+        }
+    }
+}
+
+impl Drop for PendingCode {
+    fn drop(&mut self) {
+        if let Some(metrics) = self.metrics.take() {
+            metrics.count(std::mem::take(&mut self.method), Code::Cancelled, None);
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that records the call's code from its trailers.
+    pub struct RecordedBody<B> {
+        #[pin]
+        body: B,
+        pending: PendingCode,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for RecordedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.body.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    std::mem::replace(this.pending, PendingCode::recorded())
+                        .finish_with_trailers(trailers);
+                }
+            }
+            Poll::Ready(Some(Err(_)) | None) => {
+                std::mem::replace(this.pending, PendingCode::recorded())
+                    .finish(Code::Unknown, None);
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -504,6 +616,125 @@ mod tests {
         let text = metrics.encode()?;
 
         assert!(text.contains("queue_depth 5"), "{text}");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod body_tests {
+    use std::collections::VecDeque;
+    use std::time::Duration;
+
+    use http_body::{Body as _, Frame};
+
+    use super::*;
+
+    /// A response body that yields the given frames in order.
+    struct Frames(VecDeque<Frame<&'static [u8]>>);
+
+    impl http_body::Body for Frames {
+        type Data = &'static [u8];
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+
+    fn trailers(status: &tonic::Status) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        // `add_header` writes grpc-status and grpc-message, as a server's trailers carry them.
+        let _ = status.add_header(&mut map);
+        map
+    }
+
+    /// Wraps `frames` as the response body of `/pkg.Svc/Watch`, whose headers carry no status.
+    fn streamed(metrics: &Metrics, frames: Vec<Frame<&'static [u8]>>) -> RecordedBody<Frames> {
+        let pending =
+            metrics
+                .requests
+                .record_headers("/pkg.Svc/Watch", &HeaderMap::new(), Duration::ZERO);
+        RecordedBody {
+            body: Frames(frames.into()),
+            pending: pending.unwrap_or_else(PendingCode::recorded),
+        }
+    }
+
+    async fn drain(mut body: RecordedBody<Frames>, frames: usize) -> RecordedBody<Frames> {
+        for _ in 0..frames {
+            let _ = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+        }
+        body
+    }
+
+    fn count(text: &str, code: &str) -> bool {
+        text.contains(&format!(
+            r#"grpc_server_requests_total{{method="/pkg.Svc/Watch",code="{code}"}} 1"#
+        ))
+    }
+
+    #[tokio::test]
+    async fn stream_counts_the_code_in_its_trailers() -> Result<(), Box<dyn std::error::Error>> {
+        let metrics = Metrics::new();
+        let lagged = tonic::Status::unavailable("stream fell behind");
+        let frames = vec![
+            Frame::data(&b"message"[..]),
+            Frame::trailers(trailers(&lagged)),
+        ];
+
+        let body = drain(streamed(&metrics, frames), 3).await;
+        drop(body);
+        let text = metrics.encode()?;
+
+        assert!(count(&text, "Unavailable"), "{text}");
+        assert!(!text.contains(r#"code="Ok""#), "{text}");
+        assert!(!text.contains(r#"code="Cancelled""#), "{text}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn stream_dropped_early_counts_as_cancelled() -> Result<(), Box<dyn std::error::Error>> {
+        let metrics = Metrics::new();
+        let frames = vec![Frame::data(&b"one"[..]), Frame::data(&b"two"[..])];
+
+        let body = drain(streamed(&metrics, frames), 1).await;
+        drop(body);
+        let text = metrics.encode()?;
+
+        assert!(count(&text, "Cancelled"), "{text}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn stream_without_trailers_counts_as_unknown() -> Result<(), Box<dyn std::error::Error>> {
+        let metrics = Metrics::new();
+        let frames = vec![Frame::data(&b"only data"[..])];
+
+        let body = drain(streamed(&metrics, frames), 2).await;
+        drop(body);
+        let text = metrics.encode()?;
+
+        assert!(count(&text, "Unknown"), "{text}");
+        assert!(!text.contains(r#"code="Cancelled""#), "{text}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn ok_trailers_count_once_as_ok() -> Result<(), Box<dyn std::error::Error>> {
+        let metrics = Metrics::new();
+        let frames = vec![
+            Frame::data(&b"reply"[..]),
+            Frame::trailers(trailers(&tonic::Status::ok(""))),
+        ];
+
+        let body = drain(streamed(&metrics, frames), 4).await;
+        drop(body);
+        let text = metrics.encode()?;
+
+        assert!(count(&text, "Ok"), "{text}");
         Ok(())
     }
 }
