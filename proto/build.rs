@@ -23,6 +23,7 @@ const SECRET_MESSAGES: &[&str] = &[
     "school.auth.v1.ChangePasswordRequest",
     "school.auth.v1.ResetPasswordRequest",
     "school.auth.v1.CreateServiceAccountResponse",
+    "school.auth.v1.RotateServiceAccountSecretResponse",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

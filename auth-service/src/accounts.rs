@@ -200,11 +200,7 @@ impl Users {
         })?;
         validate_audiences(&audiences)?;
 
-        let mut random = Zeroizing::new([0u8; SECRET_BYTES]);
-        aws_lc_rs::rand::fill(random.as_mut())
-            .map_err(|_| Error::Crypto("generate random bytes"))?;
-        let secret = Password::new(URL_SAFE_NO_PAD.encode(random.as_ref()));
-        let secret_hash = self.hasher.hash(secret.clone()).await?;
+        let (secret, secret_hash) = self.new_client_secret().await?;
 
         let _admin_changes = self.admin_changes.lock().await;
         let existing = self.store.service_accounts().await?;
@@ -228,6 +224,42 @@ impl Users {
         })
     }
 
+    /// Returns every service account, ordered by client id.
+    pub async fn service_accounts(&self) -> Result<Vec<ServiceAccountRecord>, Error> {
+        self.store.service_accounts().await
+    }
+
+    /// Gives a service account a new secret and returns it. The old secret stops working, and
+    /// every token issued to the account until now is revoked. An unknown client id fails with
+    /// [`Error::ServiceAccountNotFound`].
+    pub async fn rotate_service_account_secret(&self, client_id: &str) -> Result<Password, Error> {
+        validate_client_id(client_id)?;
+        let (secret, secret_hash) = self.new_client_secret().await?;
+        self.store
+            .set_service_account_secret(client_id, &secret_hash)
+            .await?;
+        self.revoke_user_sessions(client_id).await?;
+        Ok(secret)
+    }
+
+    /// Deletes a service account and revokes every token issued to it. An unknown client id
+    /// fails with [`Error::ServiceAccountNotFound`].
+    pub async fn delete_service_account(&self, client_id: &str) -> Result<(), Error> {
+        validate_client_id(client_id)?;
+        self.store.delete_service_account(client_id).await?;
+        self.revoke_user_sessions(client_id).await
+    }
+
+    /// Generates a client secret of [`SECRET_BYTES`] random bytes and hashes it.
+    async fn new_client_secret(&self) -> Result<(Password, String), Error> {
+        let mut random = Zeroizing::new([0u8; SECRET_BYTES]);
+        aws_lc_rs::rand::fill(random.as_mut())
+            .map_err(|_| Error::Crypto("generate random bytes"))?;
+        let secret = Password::new(URL_SAFE_NO_PAD.encode(random.as_ref()));
+        let secret_hash = self.hasher.hash(secret.clone()).await?;
+        Ok((secret, secret_hash))
+    }
+
     /// Checks a service account's secret and that it may use `audience`, and returns the
     /// account.
     ///
@@ -240,12 +272,7 @@ impl Users {
         secret: Password,
         audience: &str,
     ) -> Result<ServiceAccountRecord, Error> {
-        if client_id.is_empty() || client_id.len() > MAX_AUDIENCE_BYTES {
-            return Err(Error::InvalidArgument {
-                field: "client_id",
-                reason: "must be 1 to 64 bytes",
-            });
-        }
+        validate_client_id(client_id)?;
         secret.validate().map_err(|_| Error::InvalidArgument {
             field: "client_secret",
             reason: "must be 1 to 1024 bytes",
@@ -274,6 +301,17 @@ impl Users {
         }
         Ok(account)
     }
+}
+
+/// Checks the length of a client id received from a caller.
+fn validate_client_id(client_id: &str) -> Result<(), Error> {
+    if client_id.is_empty() || client_id.len() > MAX_AUDIENCE_BYTES {
+        return Err(Error::InvalidArgument {
+            field: "client_id",
+            reason: "must be 1 to 64 bytes",
+        });
+    }
+    Ok(())
 }
 
 fn is_enabled_admin(user: &UserRecord) -> bool {

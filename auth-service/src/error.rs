@@ -38,6 +38,8 @@ pub const REVOCATION_STREAM_LAGGED: &str = "REVOCATION_STREAM_LAGGED";
 pub const LAST_ADMIN: &str = "LAST_ADMIN";
 /// `ErrorInfo.reason` when a service account to be created already exists.
 pub const SERVICE_ACCOUNT_EXISTS: &str = "SERVICE_ACCOUNT_EXISTS";
+/// `ErrorInfo.reason` when no service account has the client id.
+pub const SERVICE_ACCOUNT_NOT_FOUND: &str = "SERVICE_ACCOUNT_NOT_FOUND";
 /// `ErrorInfo.reason` when a service account asks for a token for an audience it may not use.
 pub const AUDIENCE_NOT_ALLOWED: &str = "AUDIENCE_NOT_ALLOWED";
 
@@ -96,6 +98,10 @@ pub enum Error {
     /// A service account with this name or client id already exists.
     #[error("service account {0:?} already exists")]
     ServiceAccountExists(String),
+
+    /// No service account has this client id.
+    #[error("service account {0:?} not found")]
+    ServiceAccountNotFound(String),
 
     /// A service account asked for a token for an audience it was not created with.
     #[error("service account may not request tokens for audience {audience:?}")]
@@ -345,6 +351,12 @@ impl From<Error> for Status {
                 details.set_error_info(SERVICE_ACCOUNT_EXISTS, DOMAIN, HashMap::new());
                 Status::with_error_details(Code::AlreadyExists, error.to_string(), details)
             }
+            Error::ServiceAccountNotFound(ref client_id) => {
+                let mut details =
+                    ErrorDetails::with_resource_info(SERVICE_ACCOUNT_RESOURCE, client_id, "", "");
+                details.set_error_info(SERVICE_ACCOUNT_NOT_FOUND, DOMAIN, HashMap::new());
+                Status::with_error_details(Code::NotFound, error.to_string(), details)
+            }
             Error::AudienceNotAllowed { ref audience } => Status::with_error_details(
                 Code::PermissionDenied,
                 error.to_string(),
@@ -453,6 +465,10 @@ mod tests {
             (
                 Error::ServiceAccountExists("svc".to_owned()),
                 SERVICE_ACCOUNT_EXISTS,
+            ),
+            (
+                Error::ServiceAccountNotFound("svc".to_owned()),
+                SERVICE_ACCOUNT_NOT_FOUND,
             ),
             (
                 Error::AudienceNotAllowed {

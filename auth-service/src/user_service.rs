@@ -10,10 +10,13 @@ use school_guard::{Grant, Identity};
 use school_proto::auth::v1::user_service_server::UserService;
 use school_proto::auth::v1::{
     ChangePasswordRequest, ChangePasswordResponse, CreateServiceAccountRequest,
-    CreateServiceAccountResponse, CreateUserRequest, CreateUserResponse, DeleteUserRequest,
+    CreateServiceAccountResponse, CreateUserRequest, CreateUserResponse,
+    DeleteServiceAccountRequest, DeleteServiceAccountResponse, DeleteUserRequest,
     DeleteUserResponse, DisableUserRequest, DisableUserResponse, EnableUserRequest,
-    EnableUserResponse, GetUserRequest, GetUserResponse, ListUsersRequest, ListUsersResponse,
-    ResetPasswordRequest, ResetPasswordResponse, Role as ProtoRole, UpdateUserRoleRequest,
+    EnableUserResponse, GetUserRequest, GetUserResponse, ListServiceAccountsRequest,
+    ListServiceAccountsResponse, ListUsersRequest, ListUsersResponse, ResetPasswordRequest,
+    ResetPasswordResponse, Role as ProtoRole, RotateServiceAccountSecretRequest,
+    RotateServiceAccountSecretResponse, ServiceAccount, UpdateUserRoleRequest,
     UpdateUserRoleResponse, User,
 };
 use tonic::{Request, Response, Status};
@@ -415,6 +418,63 @@ impl UserService for UserApi {
             client_id: created.client_id,
             client_secret: created.client_secret.expose().to_owned(),
         }))
+    }
+
+    async fn list_service_accounts(
+        &self,
+        _request: Request<ListServiceAccountsRequest>,
+    ) -> Result<Response<ListServiceAccountsResponse>, Status> {
+        let service_accounts = self
+            .users
+            .service_accounts()
+            .await?
+            .into_iter()
+            .map(|account| ServiceAccount {
+                client_id: account.client_id,
+                name: account.name,
+                audiences: account.audiences,
+                created_at: account.created_at,
+            })
+            .collect();
+
+        Ok(Response::new(ListServiceAccountsResponse {
+            service_accounts,
+        }))
+    }
+
+    async fn rotate_service_account_secret(
+        &self,
+        request: Request<RotateServiceAccountSecretRequest>,
+    ) -> Result<Response<RotateServiceAccountSecretResponse>, Status> {
+        let actor = Actor::from_request(&request)?;
+        let client_id = request.into_inner().client_id;
+
+        let rotated = self.users.rotate_service_account_secret(&client_id).await;
+        audit(
+            &actor,
+            "rotate_service_account_secret",
+            &client_id,
+            &rotated,
+        );
+        let secret = rotated?;
+
+        Ok(Response::new(RotateServiceAccountSecretResponse {
+            client_secret: secret.expose().to_owned(),
+        }))
+    }
+
+    async fn delete_service_account(
+        &self,
+        request: Request<DeleteServiceAccountRequest>,
+    ) -> Result<Response<DeleteServiceAccountResponse>, Status> {
+        let actor = Actor::from_request(&request)?;
+        let client_id = request.into_inner().client_id;
+
+        let deleted = self.users.delete_service_account(&client_id).await;
+        audit(&actor, "delete_service_account", &client_id, &deleted);
+        deleted?;
+
+        Ok(Response::new(DeleteServiceAccountResponse {}))
     }
 }
 

@@ -136,11 +136,19 @@ impl fmt::Debug for auth::v1::CreateServiceAccountResponse {
     }
 }
 
+impl fmt::Debug for auth::v1::RotateServiceAccountSecretResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RotateServiceAccountSecretResponse")
+            .field("client_secret", &REDACTED)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::auth::v1::{
         ChangePasswordRequest, CreateServiceAccountResponse, IssueServiceTokenRequest,
-        LoginRequest, LoginResponse, ValidateTokenRequest,
+        LoginRequest, LoginResponse, RotateServiceAccountSecretResponse, ValidateTokenRequest,
     };
 
     #[test]
@@ -174,8 +182,13 @@ mod tests {
             client_secret: "hunter2-secret".into(),
         };
 
-        let printed =
-            format!("{login:?} {issued:?} {validate:?} {service:?} {change:?} {account:?}");
+        let rotated = RotateServiceAccountSecretResponse {
+            client_secret: "hunter2-secret".into(),
+        };
+
+        let printed = format!(
+            "{login:?} {issued:?} {validate:?} {service:?} {change:?} {account:?} {rotated:?}"
+        );
 
         assert!(printed.contains("alice"));
         assert!(!printed.contains("hunter2-secret"));

@@ -6,7 +6,8 @@
 use integration_tests::{ADMIN, LOCKOUT_AFTER_THREE, RunningStudent, Stack, with_token};
 use school_client::{Credentials, TokenSource, error_info};
 use school_proto::auth::v1::{
-    CreateServiceAccountRequest, CreateServiceAccountResponse, IssueServiceTokenRequest,
+    CreateServiceAccountRequest, CreateServiceAccountResponse, DeleteServiceAccountRequest,
+    IssueServiceTokenRequest, ListServiceAccountsRequest, RotateServiceAccountSecretRequest,
 };
 use school_proto::student::v1::ListStudentsRequest;
 use school_proto::student::v1::student_service_client::StudentServiceClient;
@@ -69,25 +70,198 @@ async fn list_code(student: &RunningStudent, token: &str) -> (Code, Option<Strin
     }
 }
 
-#[tokio::test]
-async fn service_token_is_bound_to_its_audience() {
-    let stack = Stack::start().await;
-    let account = create_account(&stack, "reporting").await;
+/// Calls `student` with `token` until it is rejected, for at most a second, and returns the
+/// `ErrorInfo` reason.
+async fn rejection_reason(student: &RunningStudent, token: &str) -> Option<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let listed = student
+            .client()
+            .await
+            .list_students(with_token(ListStudentsRequest::default(), token))
+            .await;
+        match listed {
+            Err(status) => return error_info(&status).map(|info| info.reason),
+            Ok(_) if std::time::Instant::now() > deadline => return None,
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+        }
+    }
+}
+
+/// Returns the UserService client of `stack` and an admin token.
+async fn admin_users(
+    stack: &Stack,
+) -> (
+    school_proto::auth::v1::user_service_client::UserServiceClient<Channel>,
+    String,
+) {
+    (stack.auth.user_client().await, stack.token(ADMIN).await)
+}
+
+/// Creates a service account named `name`, starts a student-service that checks
+/// [`STUDENT_AUDIENCE`], and issues the account a token for it.
+async fn account_with_token(
+    stack: &Stack,
+    name: &str,
+) -> (CreateServiceAccountResponse, RunningStudent, String) {
+    let account = create_account(stack, name).await;
     let own_audience = RunningStudent::start(
         &stack.dir.path().join("student-own-audience"),
         &stack.auth.url(),
         &["--audience", STUDENT_AUDIENCE],
     )
     .await;
-
     let token = issue(
-        &stack,
+        stack,
         &account.client_id,
         &account.client_secret,
         STUDENT_AUDIENCE,
     )
     .await
     .expect("service token");
+    (account, own_audience, token)
+}
+
+/// Asserts that `account`'s original secret gets no token and that `token` is rejected as
+/// revoked by `student`.
+async fn assert_secret_and_token_dead(
+    stack: &Stack,
+    account: &CreateServiceAccountResponse,
+    student: &RunningStudent,
+    token: &str,
+) {
+    let rejected = issue(
+        stack,
+        &account.client_id,
+        &account.client_secret,
+        STUDENT_AUDIENCE,
+    )
+    .await
+    .expect_err("the original secret gets no token");
+    assert_eq!(rejected.code(), Code::Unauthenticated);
+    assert_eq!(
+        rejection_reason(student, token).await.as_deref(),
+        Some("TOKEN_REVOKED")
+    );
+}
+
+#[tokio::test]
+async fn rotation_revokes_old_secret_and_tokens() {
+    let stack = Stack::start().await;
+    let (account, own_audience, old_token) = account_with_token(&stack, "reporting").await;
+    let (mut users, admin) = admin_users(&stack).await;
+
+    let rotated = users
+        .rotate_service_account_secret(with_token(
+            RotateServiceAccountSecretRequest {
+                client_id: account.client_id.clone(),
+            },
+            &admin,
+        ))
+        .await
+        .expect("admin rotates the secret")
+        .into_inner();
+
+    assert_ne!(rotated.client_secret, account.client_secret);
+    assert_eq!(rotated.client_secret.len(), 43);
+    assert_secret_and_token_dead(&stack, &account, &own_audience, &old_token).await;
+    // Revocation covers tokens issued in the same second, so wait for the next one.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let new_token = issue(
+        &stack,
+        &account.client_id,
+        &rotated.client_secret,
+        STUDENT_AUDIENCE,
+    )
+    .await
+    .expect("the new secret works");
+    assert_eq!(list_code(&own_audience, &new_token).await, (Code::Ok, None));
+    own_audience.stop().await;
+}
+
+#[tokio::test]
+async fn deleted_account_loses_its_secret_and_tokens() {
+    let stack = Stack::start().await;
+    let (account, own_audience, token) = account_with_token(&stack, "reporting").await;
+    let remaining = create_account(&stack, "billing").await;
+    let (mut users, admin) = admin_users(&stack).await;
+
+    users
+        .delete_service_account(with_token(
+            DeleteServiceAccountRequest {
+                client_id: account.client_id.clone(),
+            },
+            &admin,
+        ))
+        .await
+        .expect("admin deletes the account");
+
+    assert_secret_and_token_dead(&stack, &account, &own_audience, &token).await;
+    let listed = users
+        .list_service_accounts(with_token(ListServiceAccountsRequest {}, &admin))
+        .await
+        .expect("admin lists service accounts")
+        .into_inner()
+        .service_accounts;
+    let ids: Vec<&str> = listed
+        .iter()
+        .map(|entry| entry.client_id.as_str())
+        .collect();
+    assert_eq!(ids, [remaining.client_id.as_str()]);
+    assert_eq!(listed[0].name, "billing");
+    assert_eq!(listed[0].audiences, [STUDENT_AUDIENCE]);
+    own_audience.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_or_malformed_client_ids_are_rejected() {
+    let stack = Stack::start().await;
+    let (mut users, admin) = admin_users(&stack).await;
+    let cases = [
+        (
+            "svc-unknown".to_owned(),
+            Code::NotFound,
+            "SERVICE_ACCOUNT_NOT_FOUND",
+        ),
+        (String::new(), Code::InvalidArgument, "INVALID_ARGUMENT"),
+        ("x".repeat(65), Code::InvalidArgument, "INVALID_ARGUMENT"),
+    ];
+
+    for (client_id, code, reason) in cases {
+        let rotated = users
+            .rotate_service_account_secret(with_token(
+                RotateServiceAccountSecretRequest {
+                    client_id: client_id.clone(),
+                },
+                &admin,
+            ))
+            .await
+            .expect_err("rotation of a missing account");
+        let deleted = users
+            .delete_service_account(with_token(
+                DeleteServiceAccountRequest {
+                    client_id: client_id.clone(),
+                },
+                &admin,
+            ))
+            .await
+            .expect_err("deletion of a missing account");
+
+        for status in [rotated, deleted] {
+            assert_eq!(status.code(), code, "{client_id:?}");
+            assert_eq!(
+                error_info(&status).map(|info| info.reason).as_deref(),
+                Some(reason),
+                "{client_id:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn service_token_is_bound_to_its_audience() {
+    let stack = Stack::start().await;
+    let (account, own_audience, token) = account_with_token(&stack, "reporting").await;
 
     assert!(account.client_id.starts_with("svc-"));
     assert_eq!(list_code(&own_audience, &token).await, (Code::Ok, None));

@@ -9,9 +9,10 @@ use integration_tests::{ADMIN, OTHER_STUDENT, PASSWORD, STUDENT, Stack, TEACHER,
 use school_client::error_info;
 use school_proto::auth::v1::user_service_client::UserServiceClient;
 use school_proto::auth::v1::{
-    ChangePasswordRequest, CreateServiceAccountRequest, CreateUserRequest, DeleteUserRequest,
-    DisableUserRequest, EnableUserRequest, GetUserRequest, ListUsersRequest, LoginRequest,
-    ResetPasswordRequest, Role, UpdateUserRoleRequest,
+    ChangePasswordRequest, CreateServiceAccountRequest, CreateUserRequest,
+    DeleteServiceAccountRequest, DeleteUserRequest, DisableUserRequest, EnableUserRequest,
+    GetUserRequest, ListServiceAccountsRequest, ListUsersRequest, LoginRequest,
+    ResetPasswordRequest, Role, RotateServiceAccountSecretRequest, UpdateUserRoleRequest,
 };
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -547,11 +548,33 @@ async fn call_managed_method(
             ))
             .await
             .map(drop),
+        "ListServiceAccounts" => client
+            .list_service_accounts(with_token(ListServiceAccountsRequest {}, token))
+            .await
+            .map(drop),
+        "RotateServiceAccountSecret" => client
+            .rotate_service_account_secret(with_token(
+                RotateServiceAccountSecretRequest {
+                    client_id: "svc-any".into(),
+                },
+                token,
+            ))
+            .await
+            .map(drop),
+        "DeleteServiceAccount" => client
+            .delete_service_account(with_token(
+                DeleteServiceAccountRequest {
+                    client_id: "svc-any".into(),
+                },
+                token,
+            ))
+            .await
+            .map(drop),
         other => panic!("no call for {other}"),
     }
 }
 
-const MANAGED_METHODS: [(&str, &str); 9] = [
+const MANAGED_METHODS: [(&str, &str); 12] = [
     ("CreateUser", "users.manage"),
     ("GetUser", "users.read"),
     ("ListUsers", "users.read"),
@@ -561,6 +584,9 @@ const MANAGED_METHODS: [(&str, &str); 9] = [
     ("DeleteUser", "users.manage"),
     ("ResetPassword", "users.manage"),
     ("CreateServiceAccount", "service_accounts.manage"),
+    ("ListServiceAccounts", "service_accounts.manage"),
+    ("RotateServiceAccountSecret", "service_accounts.manage"),
+    ("DeleteServiceAccount", "service_accounts.manage"),
 ];
 
 #[tokio::test]

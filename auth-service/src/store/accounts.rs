@@ -84,6 +84,18 @@ pub trait AccountStore: UserStore {
 
     /// Returns every service account, ordered by client id.
     async fn service_accounts(&self) -> Result<Vec<ServiceAccountRecord>, Error>;
+
+    /// Replaces the secret hash of a service account, failing with
+    /// [`Error::ServiceAccountNotFound`] for an unknown client id.
+    async fn set_service_account_secret(
+        &self,
+        client_id: &str,
+        secret_hash: &str,
+    ) -> Result<(), Error>;
+
+    /// Deletes a service account, failing with [`Error::ServiceAccountNotFound`] for an unknown
+    /// client id.
+    async fn delete_service_account(&self, client_id: &str) -> Result<(), Error>;
 }
 
 #[tonic::async_trait]
@@ -190,6 +202,48 @@ impl AccountStore for SledStore {
             )?);
         }
         Ok(accounts)
+    }
+
+    async fn set_service_account_secret(
+        &self,
+        client_id: &str,
+        secret_hash: &str,
+    ) -> Result<(), Error> {
+        let tree = self.service_accounts_tree()?;
+        // Compare-and-swap retries when another writer changed the record in between.
+        loop {
+            let Some(current) = tree
+                .get(client_id)
+                .map_err(storage("read service account"))?
+            else {
+                return Err(Error::ServiceAccountNotFound(client_id.to_owned()));
+            };
+            let mut account = decode_service_account(client_id, &current)?;
+            account.secret_hash = secret_hash.to_owned();
+            let record = ServiceAccountRecordV1 {
+                version: SERVICE_ACCOUNT_VERSION,
+                account,
+            };
+            let bytes = serde_json::to_vec(&record).map_err(|error| corrupt(client_id, error))?;
+            let swapped = tree
+                .compare_and_swap(client_id, Some(current), Some(bytes))
+                .map_err(storage("update service account"))?;
+            if swapped.is_ok() {
+                break;
+            }
+        }
+        self.flush().await
+    }
+
+    async fn delete_service_account(&self, client_id: &str) -> Result<(), Error> {
+        let removed = self
+            .service_accounts_tree()?
+            .remove(client_id)
+            .map_err(storage("delete service account"))?;
+        if removed.is_none() {
+            return Err(Error::ServiceAccountNotFound(client_id.to_owned()));
+        }
+        self.flush().await
     }
 }
 
