@@ -90,6 +90,8 @@ pub struct TokenSource {
     /// When the last `Login` call failed and why, if it failed.
     last_error: RwLock<Option<(Instant, ClientError)>>,
     renewer: RwLock<Option<AbortHandle>>,
+    /// Wakes the background renewal before the token falls due, after a rejection.
+    wake_renewer: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for TokenSource {
@@ -133,10 +135,14 @@ impl TokenSource {
             finished: AtomicU64::new(0),
             last_error: RwLock::new(None),
             renewer: RwLock::new(None),
+            wake_renewer: Arc::new(tokio::sync::Notify::new()),
         });
         source.renew_if_due().await?;
 
-        let renewer = tokio::spawn(renew_in_background(Arc::downgrade(&source)));
+        let renewer = tokio::spawn(renew_in_background(
+            Arc::downgrade(&source),
+            Arc::clone(&source.wake_renewer),
+        ));
         if let Ok(mut slot) = source.renewer.write() {
             *slot = Some(renewer.abort_handle());
         }
@@ -157,6 +163,35 @@ impl TokenSource {
     /// outage of auth-service, when the background renewal may have fallen behind.
     pub async fn token(&self) -> Result<AsciiMetadataValue, ClientError> {
         Ok(self.renew_if_due().await?.header.clone())
+    }
+
+    /// Reports that a server rejected the token `sent` with `status`, and returns whether the
+    /// status rejects the token itself, so that a new one is needed.
+    ///
+    /// Only `UNAUTHENTICATED` with the `ErrorInfo` reason `TOKEN_EXPIRED` or `TOKEN_REVOKED`
+    /// renews: the token itself is no longer accepted, for example after a logout, a password
+    /// change or clocks that disagree. The renewal starts in the background at once, and the
+    /// next [`TokenSource::token`] waits for it. A rejected token that is no longer the
+    /// current one, because another task reported it first, renews nothing again.
+    pub fn token_rejected(&self, sent: &AsciiMetadataValue, status: &Status) -> bool {
+        let reason = crate::error_info(status).map(|info| info.reason);
+        let renews = status.code() == tonic::Code::Unauthenticated
+            && matches!(reason.as_deref(), Some("TOKEN_EXPIRED" | "TOKEN_REVOKED"));
+        if !renews {
+            return false;
+        }
+        if let Ok(mut current) = self.current.write()
+            && let Some(token) = current.as_ref().filter(|token| token.header == *sent)
+        {
+            // Due now, but still sent by the interceptor until a new one arrives.
+            *current = Some(Arc::new(CachedToken {
+                header: token.header.clone(),
+                renew_at: Instant::now(),
+                expires_at: token.expires_at,
+            }));
+            self.wake_renewer.notify_one();
+        }
+        true
     }
 
     /// Returns the number of `Login` calls made so far, successful or not.
@@ -344,9 +379,9 @@ impl Drop for TokenSource {
     }
 }
 
-/// Renews the token of `source` whenever it falls due, until the source is dropped. Holds only
-/// a weak reference, so it never keeps the source alive.
-async fn renew_in_background(source: Weak<TokenSource>) {
+/// Renews the token of `source` whenever it falls due or `wake` is notified, until the source
+/// is dropped. Holds only a weak reference, so it never keeps the source alive.
+async fn renew_in_background(source: Weak<TokenSource>, wake: Arc<tokio::sync::Notify>) {
     let mut retry_delay = MIN_RETRY_DELAY;
     loop {
         let due = match source.upgrade() {
@@ -354,7 +389,10 @@ async fn renew_in_background(source: Weak<TokenSource>) {
             None => return,
         };
         if let Some(due) = due {
-            tokio::time::sleep_until(due).await;
+            tokio::select! {
+                () = tokio::time::sleep_until(due) => {}
+                () = wake.notified() => {}
+            }
         }
 
         let Some(strong) = source.upgrade() else {

@@ -19,7 +19,9 @@ use school_proto::auth::v1::{
     WatchRevocationsRequest, WatchRevocationsResponse,
 };
 use school_proto::student::v1::student_service_client::StudentServiceClient;
-use school_proto::student::v1::{CreateStudentRequest, DeleteStudentRequest, Student};
+use school_proto::student::v1::{
+    CreateStudentRequest, DeleteStudentRequest, ListStudentsRequest, Student,
+};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Channel, Server};
@@ -300,6 +302,62 @@ async fn interceptor_authenticates_every_call() {
     assert!(deleted.is_ok(), "{deleted:?}");
     assert_eq!(again.code(), Code::NotFound);
     assert_eq!(admin.login_count(), 1);
+}
+
+#[tokio::test]
+async fn revoked_token_is_renewed_once_reported() {
+    let stack = Stack::start().await;
+    let source = token_source(&stack, ADMIN).await;
+    let channel = stack.student.channel().await;
+    let mut students = StudentServiceClient::with_interceptor(channel, source.interceptor());
+    let sent = source.token().await.expect("first token");
+    let mut logout = Request::new(LogoutRequest {});
+    logout.metadata_mut().insert("authorization", sent.clone());
+    stack
+        .auth
+        .client()
+        .await
+        .logout(logout)
+        .await
+        .expect("logout revokes the token and its session");
+
+    let rejected = loop {
+        match students.list_students(ListStudentsRequest::default()).await {
+            Err(status) => break status,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    };
+    assert_eq!(
+        error_info(&rejected).map(|info| info.reason).as_deref(),
+        Some("TOKEN_REVOKED")
+    );
+    assert!(source.token_rejected(&sent, &rejected));
+    assert!(
+        !source.token_rejected(&sent, &Status::permission_denied("denied")),
+        "a denial says nothing about the token"
+    );
+    assert!(
+        !source.token_rejected(&sent, &Status::unauthenticated("no reason")),
+        "a rejection without the reason renews nothing"
+    );
+
+    // The background renewal picks the report up; calls through the interceptor recover
+    // without anyone calling `token()`.
+    let reported = std::time::Instant::now();
+    while let Err(status) = students.list_students(ListStudentsRequest::default()).await {
+        assert!(
+            reported.elapsed() < Duration::from_secs(2),
+            "still rejected: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let renewed = source.token().await.expect("renewed token");
+    assert_ne!(renewed, sent);
+    // The session ended with the logout, so the renewal logged in again.
+    assert_eq!(source.login_count(), 2);
+    // Reporting the old token again changes nothing.
+    assert!(source.token_rejected(&sent, &rejected));
+    assert_eq!(source.token().await.expect("current token"), renewed);
 }
 
 /// Returns the path of the `delete_student` example, which `scripts/test` builds before the
