@@ -15,7 +15,7 @@ use crate::server::open_users;
 use crate::user_service::{Actor, audit};
 use crate::users::{UserSummary, Users};
 
-pub use online::run_user_command_online;
+pub use online::{ServerTls, run_user_command_online};
 
 /// The result of a `user` subcommand, printed the same way whether it ran offline or online.
 #[derive(Debug)]

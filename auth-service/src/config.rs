@@ -224,6 +224,17 @@ pub enum Command {
         /// directory is opened directly.
         #[arg(long, env = "AUTH_SERVER", value_name = "URL")]
         server: Option<String>,
+        /// PEM CA certificate that an https:// --server must chain to; the system's roots are
+        /// not used.
+        #[arg(long, env = "AUTH_SERVER_CA", value_name = "FILE")]
+        server_ca: Option<PathBuf>,
+        /// PEM client certificate presented to an https:// --server that requires mutual TLS;
+        /// needs --server-client-key.
+        #[arg(long, env = "AUTH_SERVER_CLIENT_CERT", value_name = "FILE")]
+        server_client_cert: Option<PathBuf>,
+        /// PEM private key of --server-client-cert.
+        #[arg(long, env = "AUTH_SERVER_CLIENT_KEY", value_name = "FILE")]
+        server_client_key: Option<PathBuf>,
         /// The user operation.
         #[command(subcommand)]
         command: UserCommand,

@@ -38,15 +38,34 @@ async fn main() -> ExitCode {
 async fn run(mut config: Config) -> Result<(), Error> {
     config.validate()?;
 
-    if let Some(Command::User { server, command }) = config.command.take() {
+    if let Some(Command::User {
+        server,
+        server_ca,
+        server_client_cert,
+        server_client_key,
+        command,
+    }) = config.command.take()
+    {
         let stdin = std::io::stdin().lock();
         let stdout = std::io::stdout();
+        let tls = auth_service::cli::ServerTls {
+            ca: server_ca,
+            client_cert: server_client_cert,
+            client_key: server_client_key,
+        };
         return match server {
             Some(url) => {
                 let token = std::env::var(ADMIN_TOKEN_ENV).ok().map(Password::new);
-                auth_service::cli::run_user_command_online(&url, token, command, stdin, stdout)
-                    .await
+                auth_service::cli::run_user_command_online(
+                    &url, &tls, token, command, stdin, stdout,
+                )
+                .await
             }
+            None if tls.is_set() => Err(Error::invalid_config(
+                "server",
+                "AUTH_SERVER",
+                "must be set when --server-ca or a client certificate is given",
+            )),
             None => auth_service::cli::run_user_command(&config, command, stdin, stdout).await,
         };
     }

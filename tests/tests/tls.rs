@@ -315,3 +315,81 @@ async fn key_of_another_certificate_names_tls_key() {
     let message = error.to_string();
     assert!(message.contains("--tls-key"), "{message}");
 }
+
+/// Runs `auth-service user --server <url>` with `flags` before the `user` operation `operation`,
+/// as an admin, and returns the exit code and standard error. The binary runs on a blocking
+/// thread, so the server in this test's runtime keeps serving.
+async fn user_online(
+    url: &str,
+    token: &str,
+    flags: &[String],
+    operation: &[&str],
+) -> (Option<i32>, String) {
+    let mut args = vec!["user".to_owned(), "--server".to_owned(), url.to_owned()];
+    args.extend_from_slice(flags);
+    args.extend(operation.iter().map(|arg| (*arg).to_owned()));
+    let token = token.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let (status, stderr) = process::run_to_exit(
+            &process::binary("auth-service"),
+            &strs(&args),
+            &[
+                ("AUTH_ADMIN_TOKEN", token.as_str()),
+                ("AUTH_USER_PASSWORD", "a new teacher's password"),
+            ],
+            std::time::Duration::from_secs(30),
+        );
+        (status.code(), stderr)
+    })
+    .await
+    .expect("run auth-service user")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_commands_reach_a_mutual_tls_server() {
+    let pki = Pki::generate();
+    let data = tempfile::tempdir().expect("data directory");
+    let mtls = ["--tls-client-ca".to_owned(), pki.arg("ca.pem")];
+    let auth = start_tls_auth(&pki, &data.path().join("auth"), &mtls).await;
+    let token = auth.login(ADMIN, PASSWORD).await;
+    let url = auth.url();
+    let ca = ["--server-ca".to_owned(), pki.arg("ca.pem")];
+    let full = [
+        ca[0].clone(),
+        ca[1].clone(),
+        "--server-client-cert".to_owned(),
+        pki.arg("client.pem"),
+        "--server-client-key".to_owned(),
+        pki.arg("client.key"),
+    ];
+    let add = ["add", "tina", "--role", "teacher"];
+
+    let (code, stderr) = user_online(&url, &token, &full, &add).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let created = auth.users().get("tina").await;
+    assert!(created.is_ok(), "{created:?}");
+
+    // Settings that do not fit stop before any connection, naming the flag.
+    let plaintext_url = url.replacen("https://", "http://", 1);
+    let cases: [(&str, &[String], &str); 4] = [
+        (&url, &[], "--server (AUTH_SERVER)"),
+        (&plaintext_url, &ca, "--server (AUTH_SERVER)"),
+        (
+            &url,
+            &full[..4],
+            "--server-client-key (AUTH_SERVER_CLIENT_KEY)",
+        ),
+        (&url, &full[2..], "--server-ca (AUTH_SERVER_CA)"),
+    ];
+    for (target, flags, named) in cases {
+        let (code, stderr) = user_online(target, &token, flags, &["list"]).await;
+        assert_eq!(code, Some(64), "{flags:?}: {stderr}");
+        assert!(stderr.contains(named), "{flags:?}: {stderr}");
+    }
+
+    // The CA alone does not pass a server that requires a client certificate.
+    let (code, stderr) = user_online(&url, &token, &ca, &["list"]).await;
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    auth.stop().await;
+}

@@ -2,14 +2,16 @@
 //! with an admin token, so they work while the server runs.
 
 use std::io::{BufRead, Write};
+use std::path::PathBuf;
 
+use school_client::tls::{ClientTls, endpoint, read_identity};
 use school_proto::auth::v1::user_service_client::UserServiceClient;
 use school_proto::auth::v1::{
     CreateUserRequest, DeleteUserRequest, DisableUserRequest, EnableUserRequest, ListUsersRequest,
     ResetPasswordRequest, UpdateUserRoleRequest, User,
 };
 use tonic::metadata::AsciiMetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Status};
 
 use super::{Outcome, new_password, write_outcome};
@@ -19,14 +21,77 @@ use crate::password::Password;
 use crate::user_service::{MAX_PAGE_SIZE, role_from_proto, role_to_proto};
 use crate::users::UserSummary;
 
+/// The TLS settings for calls to a running server: the CA its certificate must chain to, and a
+/// client certificate and key for a server that requires mutual TLS.
+#[derive(Clone, Debug, Default)]
+pub struct ServerTls {
+    /// PEM CA certificate of the server.
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate.
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    pub client_key: Option<PathBuf>,
+}
+
+impl ServerTls {
+    /// Returns whether any setting is given.
+    pub fn is_set(&self) -> bool {
+        self.ca.is_some() || self.client_cert.is_some() || self.client_key.is_some()
+    }
+
+    /// Reads the files into the client's TLS settings, or returns `None` when no CA is given.
+    fn load(&self) -> Result<Option<ClientTls>, Error> {
+        let invalid = |flag: &str, reason: String| {
+            let env = format!("AUTH_{}", flag.to_uppercase().replace('-', "_"));
+            Error::invalid_config(flag, &env, reason)
+        };
+        let identity = match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => Some(
+                read_identity(cert, key)
+                    .map_err(|error| invalid("server-client-cert", error.to_string()))?,
+            ),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(invalid(
+                    "server-client-key",
+                    "must be set with --server-client-cert".to_owned(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "server-client-cert",
+                    "must be set with --server-client-key".to_owned(),
+                ));
+            }
+        };
+        let Some(ca) = &self.ca else {
+            return match identity {
+                Some(_) => Err(invalid(
+                    "server-ca",
+                    "must be set when a client certificate is given".to_owned(),
+                )),
+                None => Ok(None),
+            };
+        };
+        let tls =
+            ClientTls::from_ca_file(ca).map_err(|error| invalid("server-ca", error.to_string()))?;
+        Ok(Some(match identity {
+            Some(identity) => tls.with_identity(identity),
+            None => tls,
+        }))
+    }
+}
+
 /// Runs a `user` subcommand through the UserService at `server`, authenticated with
-/// `admin_token`, and writes the same output as the offline command to `output`.
+/// `admin_token`, and writes the same output as the offline command to `output`. An
+/// `https://` server needs `tls` with a CA; an `http://` one must have none.
 ///
-/// Fails with [`Error::InvalidConfig`] when the token is missing or not visible ASCII, with
-/// [`Error::Connect`] when the server cannot be reached, and with [`Error::Remote`], carrying
-/// the server's message, when it rejects the call.
+/// Fails with [`Error::InvalidConfig`] when the token is missing or not visible ASCII, or when
+/// the URL and TLS settings do not fit. Fails with [`Error::Connect`] when the server cannot be
+/// reached, and with [`Error::Remote`], carrying the server's message, when it rejects the call.
 pub async fn run_user_command_online(
     server: &str,
+    tls: &ServerTls,
     admin_token: Option<Password>,
     command: UserCommand,
     input: impl BufRead,
@@ -44,13 +109,9 @@ pub async fn run_user_command_online(
         })?;
     header.set_sensitive(true);
 
-    // TODO: no CA flag for `user --server`, so an https:// URL fails to connect and only a
-    // plaintext server can be managed online.
-    let channel = Endpoint::from_shared(server.to_owned())
-        .map_err(|source| Error::Connect {
-            url: server.to_owned(),
-            source,
-        })?
+    let tls = tls.load()?;
+    let channel = endpoint(server, tls.as_ref())
+        .map_err(|error| Error::invalid_config("server", "AUTH_SERVER", error.to_string()))?
         .connect()
         .await
         .map_err(|source| Error::Connect {
