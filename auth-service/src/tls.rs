@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use clap::ValueEnum;
 use school_ops::tls::{ClientCertificates, ServerTlsError, ServerTlsFiles};
 use tonic::transport::Server;
 
@@ -29,17 +28,7 @@ pub struct TlsArgs {
     /// Whether every client must present a certificate signed by --tls-client-ca, or only
     /// clients that present one are checked [default: required].
     #[arg(long, env = "AUTH_TLS_CLIENT_AUTH", value_enum)]
-    pub tls_client_auth: Option<ClientAuth>,
-}
-
-/// Whether clients must present a certificate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ClientAuth {
-    /// Every client, users' tools included, needs a certificate signed by the client CA.
-    Required,
-    /// Clients may connect without a certificate; one that presents a certificate the CA did
-    /// not sign is rejected.
-    Optional,
+    pub tls_client_auth: Option<ClientCertificates>,
 }
 
 impl TlsArgs {
@@ -90,10 +79,7 @@ impl TlsArgs {
         let (Some(certificate), Some(key)) = (&self.tls_cert, &self.tls_key) else {
             return Ok(Server::builder());
         };
-        let mode = match self.tls_client_auth.unwrap_or(ClientAuth::Required) {
-            ClientAuth::Required => ClientCertificates::Required,
-            ClientAuth::Optional => ClientCertificates::Optional,
-        };
+        let mode = self.tls_client_auth.unwrap_or(ClientCertificates::Required);
         let files = ServerTlsFiles {
             certificate,
             key,

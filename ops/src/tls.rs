@@ -11,12 +11,14 @@ use tonic::transport::{Server, ServerTlsConfig};
 /// cannot hold server tasks.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Whether clients must present a certificate signed by the client CA.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Whether clients must present a certificate signed by the client CA; the value of each
+/// service's `--tls-client-auth` flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ClientCertificates {
-    /// A client without a certificate is rejected during the handshake.
+    /// Every client, users' tools included, needs a certificate signed by the client CA; one
+    /// without is rejected during the handshake.
     Required,
-    /// A client may connect without a certificate, but one that presents a certificate the CA
+    /// Clients may connect without a certificate, but one that presents a certificate the CA
     /// did not sign is rejected.
     Optional,
 }

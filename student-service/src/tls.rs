@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use school_client::tls::{
     ClientTls, EndpointError, IdentityError, read_certificates, read_identity,
 };
-use school_ops::tls::{ServerTlsError, ServerTlsFiles};
+use school_ops::tls::{ClientCertificates, ServerTlsError, ServerTlsFiles};
 use tonic::transport::{Endpoint, Server};
 
 use crate::error::Error;
@@ -21,6 +21,16 @@ pub struct TlsArgs {
     /// PEM file with the private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
     #[arg(long, env = "STUDENT_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+
+    /// PEM file with the CA that signs client certificates; turns on mutual TLS and needs
+    /// --tls-cert. Callers are still authorized by their token alone.
+    #[arg(long, env = "STUDENT_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Whether every client must present a certificate signed by --tls-client-ca, or only
+    /// clients that present one are checked [default: required].
+    #[arg(long, env = "STUDENT_TLS_CLIENT_AUTH", value_enum)]
+    pub tls_client_auth: Option<ClientCertificates>,
 
     /// PEM file with the CA that auth-service's certificate must chain to; required for an
     /// https:// --auth-url. The system's roots are not trusted.
@@ -43,11 +53,28 @@ const AUTH_CLIENT_CERT: (&str, &str) = ("--auth-client-cert", "STUDENT_AUTH_CLIE
 const AUTH_CLIENT_KEY: (&str, &str) = ("--auth-client-key", "STUDENT_AUTH_CLIENT_KEY");
 const TLS_CERT: (&str, &str) = ("--tls-cert", "STUDENT_TLS_CERT");
 const TLS_KEY: (&str, &str) = ("--tls-key", "STUDENT_TLS_KEY");
+const TLS_CLIENT_CA: (&str, &str) = ("--tls-client-ca", "STUDENT_TLS_CLIENT_CA");
+const TLS_CLIENT_AUTH: (&str, &str) = ("--tls-client-auth", "STUDENT_TLS_CLIENT_AUTH");
 
 impl TlsArgs {
     /// Checks that the flags fit together and with `auth_url`, without reading any file.
     pub fn validate(&self, auth_url: &str) -> Result<(), Error> {
         both_or_neither(&self.tls_cert, TLS_CERT, &self.tls_key, TLS_KEY)?;
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return Err(invalid(
+                TLS_CLIENT_CA,
+                "needs --tls-cert and --tls-key, because client certificates are only checked \
+                 over TLS"
+                    .to_owned(),
+            ));
+        }
+        if self.tls_client_auth.is_some() && self.tls_client_ca.is_none() {
+            return Err(invalid(
+                TLS_CLIENT_AUTH,
+                "needs --tls-client-ca, the CA that client certificates are checked against"
+                    .to_owned(),
+            ));
+        }
         both_or_neither(
             &self.auth_client_cert,
             AUTH_CLIENT_CERT,
@@ -88,16 +115,16 @@ impl TlsArgs {
         let (Some(certificate), Some(key)) = (&self.tls_cert, &self.tls_key) else {
             return Ok(Server::builder());
         };
-        // TODO: no mutual TLS on this listener; callers are identified by their token only.
+        let mode = self.tls_client_auth.unwrap_or(ClientCertificates::Required);
         let files = ServerTlsFiles {
             certificate,
             key,
-            client_ca: None,
+            client_ca: self.tls_client_ca.as_deref().map(|ca| (ca, mode)),
         };
         files.server_builder().map_err(|error| match error {
             ServerTlsError::Certificate(error) => invalid(TLS_CERT, error.to_string()),
             ServerTlsError::Key(error) => invalid(TLS_KEY, error.to_string()),
-            ServerTlsError::ClientCa(error) => invalid(TLS_CERT, error.to_string()),
+            ServerTlsError::ClientCa(error) => invalid(TLS_CLIENT_CA, error.to_string()),
             rejected @ ServerTlsError::Rejected(_) => invalid(TLS_KEY, rejected.to_string()),
         })
     }
@@ -178,8 +205,20 @@ mod tests {
 
     #[test]
     fn tls_flags_must_fit_together() {
-        let cases: [(&[&str], &str); 7] = [
+        let cases: [(&[&str], &str); 9] = [
             (&["--tls-cert", "c.pem"], "--tls-key"),
+            (&["--tls-client-ca", "ca.pem"], "--tls-client-ca"),
+            (
+                &[
+                    "--tls-cert",
+                    "c.pem",
+                    "--tls-key",
+                    "k.pem",
+                    "--tls-client-auth",
+                    "optional",
+                ],
+                "--tls-client-auth",
+            ),
             (&["--tls-key", "k.pem"], "--tls-cert"),
             (&["--auth-url", "https://auth:1"], "--auth-ca"),
             (&["--auth-ca", "ca.pem"], "--auth-url"),

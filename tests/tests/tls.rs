@@ -393,3 +393,37 @@ async fn user_commands_reach_a_mutual_tls_server() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     auth.stop().await;
 }
+
+#[tokio::test]
+async fn student_service_can_require_client_certificates() {
+    let pki = Pki::generate();
+    let data = tempfile::tempdir().expect("data directory");
+    let auth = start_tls_auth(&pki, &data.path().join("auth"), &[]).await;
+    let mut student_args = pki.server_flags();
+    student_args.extend([
+        "--auth-ca".to_owned(),
+        pki.arg("ca.pem"),
+        "--tls-client-ca".to_owned(),
+        pki.arg("ca.pem"),
+    ]);
+    let student = RunningStudent::start_tls(
+        &data.path().join("student"),
+        &auth.url(),
+        &strs(&student_args),
+        Some(pki.client_tls("ca.pem", true)),
+    )
+    .await;
+
+    let without_certificate =
+        health_status_over(&student.url(), Some(&pki.client_tls("ca.pem", false)), "").await;
+    let with_certificate =
+        health_status_over(&student.url(), Some(&pki.client_tls("ca.pem", true)), "").await;
+
+    assert!(
+        without_certificate.is_err(),
+        "a client without a certificate got an answer: {without_certificate:?}"
+    );
+    assert!(with_certificate.is_ok(), "{with_certificate:?}");
+    student.stop().await;
+    auth.stop().await;
+}
