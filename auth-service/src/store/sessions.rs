@@ -517,8 +517,9 @@ impl SessionStore for SledStore {
     }
 
     async fn end_sessions_of(&self, subject: &str, now: i64) -> Result<usize, Error> {
-        // NOTE: a scan of every session, because sessions are not indexed by user. Sessions are
-        // purged after their refresh token expires, which bounds the scan.
+        // NOTE: a scan of every session, because sessions started before the per-user index
+        // existed are not in it. Sessions are purged after their refresh token expires, which
+        // bounds the scan.
         let families = self.session_tree(FAMILIES_TREE)?;
         let mut owned = Vec::new();
         for item in families.iter() {
