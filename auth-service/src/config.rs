@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::error::Error;
-use crate::password::{DEFAULT_HASH_NICE, HashParams, Password};
+use crate::password::{DEFAULT_HASH_NICE, HashParams, MAX_MEMORY_KIB, Password};
 use crate::role::Role;
 use crate::sessions::DEFAULT_MAX_SESSIONS_PER_USER;
 use crate::users::validate_username;
@@ -35,6 +35,10 @@ const MAX_REFRESH_TOKEN_TTL_SECS: u64 = 90 * 24 * 60 * 60;
 
 /// The longest accepted time between purges of expired sessions: one hour.
 const MAX_PURGE_INTERVAL_SECS: u64 = 60 * 60;
+
+/// The maximum number of password hashing threads. Each keeps the Argon2 memory cost, 19 MiB
+/// by default.
+const MAX_HASH_CONCURRENCY: usize = 256;
 
 /// The highest accepted limit of live sessions per user.
 const MAX_SESSIONS_PER_USER: usize = 10_000;
@@ -141,15 +145,21 @@ pub struct Config {
     #[arg(long, env = "AUTH_ARGON2_PARALLELISM", default_value_t = HashParams::default().parallelism, global = true)]
     pub argon2_parallelism: u32,
 
-    /// Password hashes computed at the same time, each using the Argon2 memory cost
-    /// [default: number of CPUs].
+    /// Password hashing threads, and so hashes computed at the same time, 1 to 256; each
+    /// thread keeps the Argon2 memory cost [default: number of CPUs, at most 256].
     #[arg(long, env = "AUTH_HASH_CONCURRENCY", global = true)]
     pub hash_concurrency: Option<usize>,
 
-    /// Scheduling niceness of the password hashing threads, 0 to 19. Higher values let token
-    /// checks run first when the CPUs are busy, at the cost of slower logins; 0 runs hashing
-    /// at the process's priority.
-    #[arg(long, env = "AUTH_HASH_NICE", default_value_t = DEFAULT_HASH_NICE, global = true)]
+    /// How many steps of niceness below the rest of the process the password hashing threads
+    /// run, 0 to 19 (capped at niceness 19). Higher values let token checks run first when the
+    /// CPUs are busy, at the cost of slower logins; 0 runs hashing at the process's priority.
+    #[arg(
+        long,
+        env = "AUTH_HASH_NICE",
+        default_value_t = DEFAULT_HASH_NICE,
+        allow_negative_numbers = true,
+        global = true
+    )]
     pub hash_nice: i32,
 
     /// Whether the server reflection service is served; `off` hides the method list from
@@ -370,11 +380,13 @@ impl Config {
             ));
         }
         self.validate_hash_params()?;
-        if self.hash_concurrency == Some(0) {
+        if let Some(threads) = self.hash_concurrency
+            && !(1..=MAX_HASH_CONCURRENCY).contains(&threads)
+        {
             return Err(Error::invalid_config(
                 "hash-concurrency",
                 "AUTH_HASH_CONCURRENCY",
-                "must be at least 1",
+                format!("must be 1 to {MAX_HASH_CONCURRENCY}, got {threads}"),
             ));
         }
         if !(1..=MAX_SESSIONS_PER_USER).contains(&self.max_sessions_per_user) {
@@ -425,6 +437,16 @@ impl Config {
                 "AUTH_ARGON2_MEMORY_KIB",
                 format!(
                     "must be at least 8 KiB per lane ({min_memory} KiB), got {}",
+                    self.argon2_memory_kib
+                ),
+            ));
+        }
+        if self.argon2_memory_kib > MAX_MEMORY_KIB {
+            return Err(Error::invalid_config(
+                "argon2-memory-kib",
+                "AUTH_ARGON2_MEMORY_KIB",
+                format!(
+                    "must be at most {MAX_MEMORY_KIB} KiB (1 GiB), got {}",
                     self.argon2_memory_kib
                 ),
             ));
@@ -488,7 +510,9 @@ impl Config {
     /// Returns how many password hashes may run at once: the flag, or the number of CPUs.
     pub fn hash_concurrency(&self) -> usize {
         self.hash_concurrency.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            std::thread::available_parallelism()
+                .map_or(1, std::num::NonZeroUsize::get)
+                .min(MAX_HASH_CONCURRENCY)
         })
     }
 

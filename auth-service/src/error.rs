@@ -26,6 +26,13 @@ pub const USER_NOT_FOUND: &str = "USER_NOT_FOUND";
 /// `ErrorInfo.reason` of a login rejected after repeated failures, before any password check.
 /// A `google.rpc.RetryInfo` detail says when to retry.
 pub const LOGIN_THROTTLED: &str = "LOGIN_THROTTLED";
+/// `ErrorInfo.reason` when the password hashing queue is full. A `RetryInfo` detail gives the
+/// delay before a retry.
+pub const LOGINS_OVERLOADED: &str = "LOGINS_OVERLOADED";
+
+/// The retry delay suggested when the password hashing queue is full. The queue has room for a
+/// few hashes per thread, so it drains within a fraction of a second.
+const OVERLOADED_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// `ErrorInfo.reason` of every failed `RefreshToken`: unknown, expired, used or revoked.
 pub const INVALID_REFRESH_TOKEN: &str = "INVALID_REFRESH_TOKEN";
@@ -216,7 +223,7 @@ pub enum Error {
     Overloaded,
 
     /// Too many recent failed logins for this username or from this client address.
-    #[error("too many failed logins; retry in {} seconds", retry_after.as_secs())]
+    #[error("too many failed logins; retry in {}", seconds(retry_after.as_secs()))]
     LoginThrottled {
         /// How long the block lasts.
         retry_after: std::time::Duration,
@@ -270,6 +277,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Formats a number of seconds with the right plural: "1 second", "8 seconds".
+fn seconds(count: u64) -> String {
+    match count {
+        1 => "1 second".to_owned(),
+        count => format!("{count} seconds"),
+    }
 }
 
 impl Error {
@@ -384,7 +399,11 @@ impl From<Error> for Status {
                 error.to_string(),
                 ErrorDetails::with_error_info(REVOCATION_STREAM_LAGGED, DOMAIN, HashMap::new()),
             ),
-            Error::Overloaded => Status::resource_exhausted(error.to_string()),
+            Error::Overloaded => {
+                let mut details = ErrorDetails::with_retry_info(Some(OVERLOADED_RETRY_AFTER));
+                details.set_error_info(LOGINS_OVERLOADED, DOMAIN, HashMap::new());
+                Status::with_error_details(Code::ResourceExhausted, error.to_string(), details)
+            }
             Error::LoginThrottled { retry_after } => {
                 let mut details = ErrorDetails::with_retry_info(Some(retry_after));
                 details.set_error_info(LOGIN_THROTTLED, DOMAIN, HashMap::new());
@@ -535,10 +554,32 @@ mod tests {
     }
 
     #[test]
-    fn overload_is_resource_exhausted() {
+    fn overload_carries_its_reason_and_retry_info() {
         let status = Status::from(Error::Overloaded);
 
+        let details = status.get_error_details();
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            details.error_info().map(|info| info.reason.as_str()),
+            Some(LOGINS_OVERLOADED)
+        );
+        assert_eq!(
+            details.retry_info().and_then(|info| info.retry_delay),
+            Some(OVERLOADED_RETRY_AFTER)
+        );
+    }
+
+    #[test]
+    fn throttle_message_counts_seconds() {
+        let message = |secs| {
+            Error::LoginThrottled {
+                retry_after: std::time::Duration::from_secs(secs),
+            }
+            .to_string()
+        };
+
+        assert_eq!(message(1), "too many failed logins; retry in 1 second");
+        assert_eq!(message(8), "too many failed logins; retry in 8 seconds");
     }
 
     #[test]

@@ -30,6 +30,10 @@ static COMMON_PASSWORDS: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
         .collect()
 });
 
+/// The highest Argon2 memory cost, in KiB, for new hashes and for stored ones: 1 GiB. A hashing
+/// thread keeps the memory of the largest cost it has met, so this bounds what one thread holds.
+pub const MAX_MEMORY_KIB: u32 = 1024 * 1024;
+
 /// Salt length in bytes; 16 is the length RFC 9106 recommends.
 const SALT_BYTES: usize = 16;
 
@@ -187,8 +191,8 @@ impl PasswordHasher {
         Self::with_thread_nice(params, concurrency, DEFAULT_HASH_NICE).await
     }
 
-    /// Creates a hasher like [`PasswordHasher::new`] whose threads run at scheduling niceness
-    /// `nice` (0 to 19, where 0 is the process's own priority and higher runs less often).
+    /// Creates a hasher like [`PasswordHasher::new`] whose threads run `nice` steps of niceness
+    /// below the process (0 to 19, where 0 is the process's own priority).
     pub async fn with_thread_nice(
         params: HashParams,
         concurrency: usize,
@@ -311,11 +315,12 @@ impl PasswordHasher {
         }
     }
 
-    /// Runs `work` on a hashing thread once a permit is free, giving it that thread's memory.
+    /// Runs `work` on a hashing thread once a permit is free, giving it that thread's memory,
+    /// which is empty until the thread's first hash.
     async fn run_on_worker<T, F>(&self, work: F) -> Result<T, Error>
     where
         T: Send + 'static,
-        F: FnOnce(&mut [Block]) -> Result<T, Error> + Send + 'static,
+        F: FnOnce(&mut Vec<Block>) -> Result<T, Error> + Send + 'static,
     {
         let permit = match Arc::clone(&self.permits).try_acquire_owned() {
             Ok(permit) => permit,
@@ -333,13 +338,8 @@ impl PasswordHasher {
 
         // The permit goes with the work, so it is held until the hash ends, also when the
         // caller has stopped waiting: the number of running hashes never exceeds the permits.
-        let blocks = self.params.block_count();
         self.threads
             .run(move |memory: &mut Vec<Block>| {
-                // Allocated at a thread's first hash and kept; see `threads`.
-                if memory.len() < blocks {
-                    *memory = vec![Block::default(); blocks];
-                }
                 let result = work(memory);
                 drop(permit);
                 result
@@ -370,16 +370,28 @@ impl Settings {
         })
     }
 
-    /// Computes the hash of `password` with `salt`, in `memory` when it has enough blocks.
+    /// Computes the hash of `password` with `salt` in `memory`, a hashing thread's own.
     ///
-    /// A stored hash with a higher memory cost than the configured one gets memory of its own
-    /// for this call. The next login replaces such a hash with one of the configured cost.
+    /// `memory` grows to the memory cost when it is smaller, and keeps that size, so a thread
+    /// keeps the largest cost it has met, the configured one or that of a stored hash made
+    /// with more, up to [`MAX_MEMORY_KIB`]. A stored hash above that limit fails to verify with
+    /// an error, because computing it would take more memory than any thread may keep.
     fn compute<'a>(
         &self,
         password: &Password,
         salt: Salt<'a>,
-        memory: &mut [Block],
+        memory: &mut Vec<Block>,
     ) -> Result<PasswordHash<'a>, argon2::password_hash::Error> {
+        let blocks = self.params.block_count();
+        if memory.len() < blocks {
+            if self.params.m_cost() > MAX_MEMORY_KIB {
+                return Err(argon2::password_hash::Error::ParamValueInvalid(
+                    argon2::password_hash::errors::InvalidValue::TooLong,
+                ));
+            }
+            *memory = vec![Block::default(); blocks];
+        }
+        // Reused memory needs no reset: Argon2 writes every block before it reads it.
         let argon2 = Argon2::new(self.algorithm, self.version, self.params.clone());
         let mut salt_buffer = [0u8; Salt::MAX_LENGTH];
         let salt_bytes = salt.decode_b64(&mut salt_buffer)?;
@@ -390,13 +402,9 @@ impl Settings {
             .unwrap_or(Params::DEFAULT_OUTPUT_LEN);
         let output = Output::init_with(output_len, |out| {
             let password = normalized.as_bytes();
-            match memory.get_mut(..self.params.block_count()) {
-                Some(memory) => {
-                    argon2.hash_password_into_with_memory(password, salt_bytes, out, memory)
-                }
-                None => argon2.hash_password_into(password, salt_bytes, out),
-            }
-            .map_err(Into::into)
+            argon2
+                .hash_password_into_with_memory(password, salt_bytes, out, &mut memory[..blocks])
+                .map_err(Into::into)
         })?;
         Ok(PasswordHash {
             algorithm: self.algorithm.ident(),
@@ -608,7 +616,7 @@ mod tests {
                 .to_string())
         };
 
-        // More memory than the hashing threads keep, another algorithm, the older version.
+        // More memory than the configured cost, another algorithm, the older version.
         for hash in [
             stored(Algorithm::Argon2id, Version::V0x13, 256)?,
             stored(Algorithm::Argon2i, Version::V0x13, 64)?,
@@ -626,6 +634,13 @@ mod tests {
                     .await?
             );
         }
+        // The thread kept the largest memory it met, so the next verification allocates none.
+        let kept = hasher
+            .threads
+            .run(|memory: &mut Vec<Block>| memory.len())
+            .await
+            .map_err(|_| Error::HashWorker)?;
+        assert_eq!(kept, 256);
         Ok(())
     }
 
@@ -658,6 +673,14 @@ mod tests {
                 .unwrap_or(false),
             "a hash without its output verified"
         );
+        let beyond_limit = good.replacen("m=64", &format!("m={}", MAX_MEMORY_KIB + 1), 1);
+        let refused = hasher
+            .verify(Password::new("pw".into()), Some(&beyond_limit))
+            .await;
+        assert!(
+            refused.is_err(),
+            "a memory cost over the limit: {refused:?}"
+        );
         Ok(())
     }
 
@@ -674,8 +697,7 @@ mod tests {
             .await
             .map_err(|_| Error::HashWorker)?;
 
-        // Without the right to raise priority, a thread of a process already above 7 stays there.
-        assert_eq!(hashing.ok(), Some(own.max(7)));
+        assert_eq!(hashing.ok(), Some((own + 7).min(19)));
         Ok(())
     }
 

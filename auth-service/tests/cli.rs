@@ -174,12 +174,15 @@ async fn user_command_fails_while_server_runs() {
 #[tokio::test]
 async fn invalid_settings_exit_with_64() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [&[&str]; 7] = [
+    let cases: [&[&str]; 10] = [
         &["--token-ttl-secs", "0", "user", "list"],
         &["--max-sessions-per-user", "0", "user", "list"],
         &["--max-sessions-per-user", "10001", "user", "list"],
         &["--hash-nice", "20", "user", "list"],
         &["--hash-nice=-1", "user", "list"],
+        &["--hash-nice", "-1", "user", "list"],
+        &["--hash-concurrency", "0", "user", "list"],
+        &["--hash-concurrency", "257", "user", "list"],
         &["--listen", "not-an-address", "user", "list"],
         &["user", "add", "alice", "--role", "root"],
     ];

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, mpsc};
 
 use tokio::sync::oneshot;
 
-/// The niceness that heavy work runs at unless configured otherwise. Niceness ranges from 0, the
-/// priority of the process, to 19, the lowest.
+/// How much lower than the rest of the process heavy work runs unless configured otherwise, in
+/// steps of niceness: 0 is the process's own priority.
 pub const DEFAULT_NICE: i32 = 10;
 
 /// The highest niceness, the lowest priority the scheduler offers.
@@ -33,8 +33,9 @@ pub struct WorkerThreads<S> {
 }
 
 impl<S: 'static> WorkerThreads<S> {
-    /// Starts `count` threads named `name-0`, `name-1` and so on, at niceness `nice` (0 to
-    /// [`MAX_NICE`]). Each thread creates its state with `state` before its first job.
+    /// Starts `count` threads named `name-0`, `name-1` and so on, `nice` steps of niceness
+    /// below the process (0 to [`MAX_NICE`]; the result is capped at [`MAX_NICE`]). Each thread
+    /// creates its state with `state` before its first job.
     pub fn start<F>(name: &str, count: usize, nice: i32, state: F) -> std::io::Result<Self>
     where
         F: Fn() -> S + Clone + Send + 'static,
@@ -90,24 +91,29 @@ fn work<S>(queue: &Mutex<mpsc::Receiver<Job<S>>>, mut state: S) {
     }
 }
 
-/// Sets the niceness of the calling thread. A failure, such as a request for a niceness below
-/// that of the process without the right to raise priority, is logged, and the thread keeps
-/// the process's priority.
+/// Lowers the priority of the calling thread by `steps` of niceness from what it inherited,
+/// up to [`MAX_NICE`]. It never raises the priority, so a process started with `nice` keeps
+/// its heavy work below its other threads. A failure is logged, and the thread keeps the
+/// process's priority.
 #[cfg(target_os = "linux")]
-fn lower_priority(nice: i32) {
-    if nice == 0 {
+fn lower_priority(steps: i32) {
+    if steps <= 0 {
         return;
     }
-    // On Linux, niceness belongs to a thread, so this changes only the calling thread.
-    let thread = rustix::thread::gettid();
-    if let Err(error) = rustix::process::setpriority_process(Some(thread), nice) {
-        tracing::warn!(nice, %error, "failed to lower the priority of a worker thread");
+    // On Linux, niceness belongs to a thread, so this reads and changes only the calling thread.
+    let thread = Some(rustix::thread::gettid());
+    let lowered = rustix::process::getpriority_process(thread).and_then(|inherited| {
+        let target = inherited.saturating_add(steps).min(MAX_NICE);
+        rustix::process::setpriority_process(thread, target).map(|()| target)
+    });
+    if let Err(error) = lowered {
+        tracing::warn!(steps, %error, "failed to lower the priority of a worker thread");
     }
 }
 
 /// Leaves the priority alone where niceness is not per thread.
 #[cfg(not(target_os = "linux"))]
-fn lower_priority(_nice: i32) {}
+fn lower_priority(_steps: i32) {}
 
 #[cfg(test)]
 mod tests {
@@ -145,15 +151,50 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[tokio::test]
-    async fn threads_run_at_the_requested_niceness() -> Result<(), WorkerFailed> {
+    async fn threads_run_below_their_parent() -> Result<(), WorkerFailed> {
         let niceness = || rustix::process::getpriority_process(Some(rustix::thread::gettid()));
-        let own = niceness().map_err(|_| WorkerFailed)?;
-        let threads = WorkerThreads::start("test", 1, 7, || ()).map_err(|_| WorkerFailed)?;
 
-        let measured = threads.run(move |_: &mut ()| niceness()).await?;
+        for steps in [7, MAX_NICE + 5] {
+            // Threads inherit the niceness of the thread that starts them, this one.
+            let own = niceness().map_err(|_| WorkerFailed)?;
+            let threads =
+                WorkerThreads::start("test", 1, steps, || ()).map_err(|_| WorkerFailed)?;
 
-        // Without the right to raise priority, a thread of a process already above 7 stays there.
-        assert_eq!(measured.ok(), Some(own.max(7)));
+            let measured = threads.run(move |_: &mut ()| niceness()).await?;
+
+            assert_eq!(measured.ok(), Some((own + steps).min(MAX_NICE)), "{steps}");
+        }
+        Ok(())
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn threads_of_a_niced_parent_stay_below_it() -> Result<(), Box<dyn std::error::Error>> {
+        // A thread of its own stands for a process started with `nice -n 15`.
+        let parent = std::thread::spawn(|| -> Result<i32, String> {
+            let thread = Some(rustix::thread::gettid());
+            let own = rustix::process::getpriority_process(thread).map_err(|e| e.to_string())?;
+            rustix::process::setpriority_process(thread, (own + 15).min(MAX_NICE))
+                .map_err(|e| e.to_string())?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                let threads =
+                    WorkerThreads::start("test", 1, 10, || ()).map_err(|e| e.to_string())?;
+                threads
+                    .run(|_: &mut ()| {
+                        rustix::process::getpriority_process(Some(rustix::thread::gettid()))
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())
+            })
+        });
+
+        let measured = parent.join().map_err(|_| "parent thread panicked")??;
+
+        assert_eq!(measured, MAX_NICE, "never above the parent's priority");
         Ok(())
     }
 }
