@@ -35,11 +35,13 @@ const LOGIN_USER: &str = "lee";
 const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 /// The share of the run, at its start, in which memory may still grow.
 const WARM_UP_FRACTION: f64 = 0.25;
-/// How much resident memory may grow after the warm-up. Stored data grows a little, because a
-/// login beyond the session limit revokes the oldest session's token and the revocation is kept
-/// until that token expires (measured: about 2.6 MiB a minute). The allocator's footprint also
-/// moves by a few MiB either way. Runs much longer than a few minutes may need a larger bound.
+/// How much resident memory may grow after the warm-up, for the allocator's footprint, which
+/// moves by a few MiB either way.
 const MAX_GROWTH_AFTER_WARM_UP_KIB: u64 = 16 * 1024;
+/// How much more it may grow per minute of the run. Stored data grows: a login beyond the
+/// session limit revokes the oldest session's token, and the revocation is kept until that
+/// token expires, 15 minutes later (measured: about 2.6 MiB a minute).
+const MAX_GROWTH_PER_MINUTE_KIB: u64 = 4 * 1024;
 /// Password hashing threads in auth-service, and the memory each keeps for Argon2 (the
 /// default memory cost).
 const HASH_THREADS: u64 = 2;
@@ -418,6 +420,8 @@ async fn mixed_load_keeps_writes_policy_and_memory() {
         "too few memory samples: {}",
         samples.len()
     );
+    let allowed_growth =
+        MAX_GROWTH_AFTER_WARM_UP_KIB + MAX_GROWTH_PER_MINUTE_KIB * soak.as_secs().div_ceil(60);
     for (index, name) in ["auth-service", "student-service"].into_iter().enumerate() {
         let series: Vec<u64> = samples.iter().map(|sample| sample[index]).collect();
         eprintln!(
@@ -427,8 +431,9 @@ async fn mixed_load_keeps_writes_policy_and_memory() {
         let settled = series[warm_up - 1];
         let later_peak = series[warm_up..].iter().copied().max().unwrap_or(settled);
         assert!(
-            later_peak <= settled + MAX_GROWTH_AFTER_WARM_UP_KIB,
-            "{name} grew from {settled} KiB after the warm-up to {later_peak} KiB"
+            later_peak <= settled + allowed_growth,
+            "{name} grew from {settled} KiB after the warm-up to {later_peak} KiB, over the \
+             {allowed_growth} KiB allowed"
         );
     }
     let auth_bound = idle[0] + HASH_THREADS * ARGON2_MEMORY_KIB + MAX_OTHER_GROWTH_KIB;
