@@ -47,6 +47,8 @@ pub const LAST_ADMIN: &str = "LAST_ADMIN";
 pub const SERVICE_ACCOUNT_EXISTS: &str = "SERVICE_ACCOUNT_EXISTS";
 /// `ErrorInfo.reason` when no service account has the client id.
 pub const SERVICE_ACCOUNT_NOT_FOUND: &str = "SERVICE_ACCOUNT_NOT_FOUND";
+/// `ErrorInfo.reason` when the account changed while a login checked its credentials.
+pub const ACCOUNT_CHANGED: &str = "ACCOUNT_CHANGED";
 /// `ErrorInfo.reason` when a service account asks for a token for an audience it may not use.
 pub const AUDIENCE_NOT_ALLOWED: &str = "AUDIENCE_NOT_ALLOWED";
 
@@ -105,6 +107,11 @@ pub enum Error {
     /// A service account with this name or client id already exists.
     #[error("service account {0:?} already exists")]
     ServiceAccountExists(String),
+
+    /// The account's tokens were revoked while its credentials were checked, by a change such as
+    /// disabling it or a new password, so the token just issued is withheld.
+    #[error("the account changed during the login; log in again")]
+    AccountChanged,
 
     /// No service account has this client id.
     #[error("service account {0:?} not found")]
@@ -366,6 +373,11 @@ impl From<Error> for Status {
                 details.set_error_info(SERVICE_ACCOUNT_EXISTS, DOMAIN, HashMap::new());
                 Status::with_error_details(Code::AlreadyExists, error.to_string(), details)
             }
+            Error::AccountChanged => Status::with_error_details(
+                Code::Aborted,
+                error.to_string(),
+                ErrorDetails::with_error_info(ACCOUNT_CHANGED, DOMAIN, HashMap::new()),
+            ),
             Error::ServiceAccountNotFound(ref client_id) => {
                 let mut details =
                     ErrorDetails::with_resource_info(SERVICE_ACCOUNT_RESOURCE, client_id, "", "");
@@ -489,6 +501,7 @@ mod tests {
                 Error::ServiceAccountNotFound("svc".to_owned()),
                 SERVICE_ACCOUNT_NOT_FOUND,
             ),
+            (Error::AccountChanged, ACCOUNT_CHANGED),
             (
                 Error::AudienceNotAllowed {
                     audience: "x".to_owned(),

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use school_guard::Identity;
 use school_guard::bearer::bearer_token;
@@ -99,6 +100,7 @@ impl AuthApi {
         password.validate()?;
         tracing::Span::current().record("user.name", username);
 
+        let started = Instant::now();
         let role = self
             .throttled(
                 AttemptKeys::new(username, client),
@@ -106,8 +108,8 @@ impl AuthApi {
             )
             .await?;
         let issued = self.issuer.issue(username, role)?;
+        let refresh = self.sessions.start(username, &issued, started).await?;
         tracing::info!(token.id = %issued.token_id, "access token issued");
-        let refresh = self.sessions.start(username, &issued).await?;
 
         Ok(LoginResponse {
             access_token: issued.access_token,
@@ -137,6 +139,7 @@ impl AuthApi {
         tracing::Span::current().record("client.id", client_id.as_str());
 
         // Failed secrets count like failed passwords: per client id and per address.
+        let started = Instant::now();
         let account = self
             .throttled(
                 AttemptKeys::for_service(&client_id, client),
@@ -150,6 +153,18 @@ impl AuthApi {
         let issued = self
             .issuer
             .issue_for_service(&account.client_id, &audience)?;
+        // A rotation or deletion that ran meanwhile may not cover this token; withhold it.
+        if self
+            .sessions
+            .revoker()
+            .revoked_since(&account.client_id, started)
+        {
+            tracing::info!(
+                token.id = %issued.token_id,
+                "service token withheld: the account changed while its secret was checked"
+            );
+            return Err(Error::AccountChanged);
+        }
         tracing::info!(token.id = %issued.token_id, audience, "service token issued");
 
         Ok(IssueServiceTokenResponse {

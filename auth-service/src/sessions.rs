@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest;
 use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
@@ -116,7 +116,14 @@ pub struct Revoker {
     /// lifetime plus the clock skew allowance.
     subject_retention_secs: i64,
     leeway_secs: i64,
+    /// When each subject's tokens were last revoked, kept for [`RECENT_REVOCATION_WINDOW`], so
+    /// that a credential check that ran meanwhile can tell; see [`Revoker::revoked_since`].
+    recent_subject_revocations: Arc<Mutex<HashMap<String, Instant>>>,
 }
+
+/// How long [`Revoker::revoked_since`] remembers a revocation by subject: longer than any login
+/// can take, which the 30-second request timeout bounds.
+const RECENT_REVOCATION_WINDOW: Duration = Duration::from_secs(120);
 
 impl fmt::Debug for Revoker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -155,7 +162,36 @@ impl Revoker {
             watchers_per_address: Arc::default(),
             subject_retention_secs: ttl_secs.saturating_add(leeway_secs),
             leeway_secs,
+            recent_subject_revocations: Arc::default(),
         })
+    }
+
+    /// Returns whether `subject`'s tokens were revoked at or after `since`.
+    ///
+    /// A login or service-token request checks the credentials, then issues a token. An admin
+    /// action in between (disable, delete, role or password change, secret rotation) revokes
+    /// the tokens issued until then. But that revocation covers `iat` only up to its own
+    /// second, and its scan of sessions may run before the new session exists. So the issuer calls this
+    /// after issuing, with the time it started, and withholds the token when it returns `true`.
+    /// A revocation that starts after that call sees the new session and covers its `iat`.
+    pub fn revoked_since(&self, subject: &str, since: Instant) -> bool {
+        self.recent_subject_revocations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(subject)
+            .is_some_and(|revoked_at| *revoked_at >= since)
+    }
+
+    /// Records that `subject`'s tokens are being revoked now, and drops records older than
+    /// [`RECENT_REVOCATION_WINDOW`].
+    fn note_subject_revocation(&self, subject: &str) {
+        let now = Instant::now();
+        let mut recent = self
+            .recent_subject_revocations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        recent.retain(|_, revoked_at| now.duration_since(*revoked_at) < RECENT_REVOCATION_WINDOW);
+        recent.insert(subject.to_owned(), now);
     }
 
     /// Returns the in-memory list, for this service's own verifier.
@@ -181,6 +217,8 @@ impl Revoker {
     /// Tokens carry `iat` in whole seconds, so a token issued later in the same second is
     /// revoked too.
     pub async fn revoke_user_sessions(&self, username: &str) -> Result<(), Error> {
+        // Recorded first, so that an issuer checking afterwards finds it; see `revoked_since`.
+        self.note_subject_revocation(username);
         let now = unix_now();
         let revocation = StoredRevocation::Subject {
             subject: username.to_owned(),
@@ -451,11 +489,14 @@ impl Sessions {
     }
 
     /// Starts a session for `subject`, whose first access token is `access`, and returns its
-    /// first refresh token.
+    /// first refresh token. `authenticated_since` is when the credential check began: if the
+    /// user's tokens were revoked since, the session is ended at once and the call fails with
+    /// [`Error::AccountChanged`], so the caller must withhold `access` too.
     pub async fn start(
         &self,
         subject: &str,
         access: &IssuedToken,
+        authenticated_since: Instant,
     ) -> Result<IssuedRefreshToken, Error> {
         // UUIDv7 ids sort by creation time, which orders a user's sessions for the limit.
         let family_id = uuid::Uuid::now_v7().to_string();
@@ -463,8 +504,17 @@ impl Sessions {
         self.store
             .create_session(&family_id, subject, &first)
             .await?;
+        if self.revoker.revoked_since(subject, authenticated_since) {
+            self.end_session(&family_id).await?;
+            tracing::info!(
+                session.id = %family_id,
+                user.name = subject,
+                "login withheld: the account changed while its password was checked"
+            );
+            return Err(Error::AccountChanged);
+        }
         tracing::info!(session.id = %family_id, token.id = %access.token_id, "session started");
-        self.end_sessions_beyond_limit(subject).await?;
+        self.end_sessions_beyond_limit(subject, &family_id).await?;
         Ok(IssuedRefreshToken {
             token,
             expires_in: self.refresh_ttl_secs,
@@ -472,11 +522,12 @@ impl Sessions {
     }
 
     /// Ends `subject`'s oldest sessions while the user has more than the limit, and revokes the
-    /// access tokens issued in them.
-    async fn end_sessions_beyond_limit(&self, subject: &str) -> Result<(), Error> {
+    /// access tokens issued in them. The session `newest`, just started, is never ended, even
+    /// when a clock set back gave it an id that sorts first.
+    async fn end_sessions_beyond_limit(&self, subject: &str, newest: &str) -> Result<(), Error> {
         let oldest = self
             .store
-            .sessions_beyond(subject, self.max_sessions_per_user)
+            .sessions_beyond(subject, self.max_sessions_per_user, newest)
             .await?;
         for family_id in &oldest {
             let live = self.store.end_session(family_id, unix_now()).await?;
@@ -497,6 +548,7 @@ impl Sessions {
     /// Every failure is [`Error::InvalidRefreshToken`], so the client learns only that it must
     /// log in again; the log records the cause. A token used before revokes its whole session.
     pub async fn refresh(&self, presented: RefreshToken) -> Result<RefreshTokenResponse, Error> {
+        let started = Instant::now();
         if presented.expose().is_empty() || presented.expose().len() > MAX_REFRESH_TOKEN_LEN {
             return Err(self.reject("malformed", None));
         }
@@ -537,6 +589,11 @@ impl Sessions {
             Rotation::Invalid => {
                 return Err(self.reject("session ended", Some(&state.family_id)));
             }
+        }
+        // A revocation of the user's tokens that ran meanwhile may not cover this new token.
+        if self.revoker.revoked_since(&state.subject, started) {
+            self.end_session(&state.family_id).await?;
+            return Err(self.reject("user changed", Some(&state.family_id)));
         }
         tracing::info!(
             session.id = %state.family_id,

@@ -51,6 +51,28 @@ pub const LOCKOUT_AFTER_THREE: [&str; 8] = [
     "600",
 ];
 
+/// auth-service flags that make each password hash take about half a second, on two hashing
+/// threads, so that a test can act while a login is checking its password.
+pub const SLOW_HASHING: [&str; 6] = [
+    "--argon2-memory-kib",
+    "262144",
+    "--argon2-iterations",
+    "3",
+    "--hash-concurrency",
+    "2",
+];
+
+/// Sleeps until the wall clock is `fraction` (0 to 1) of the way through a second, for tests
+/// whose outcome depends on which whole second a token's `iat` falls in.
+pub async fn sleep_until_fraction_of_second(fraction: f64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let into_second = f64::from(now.subsec_nanos()) / 1e9;
+    let wait = (fraction - into_second).rem_euclid(1.0);
+    tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+}
+
 /// How long a test waits for a server to become ready before it fails.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 

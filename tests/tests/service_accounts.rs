@@ -3,7 +3,10 @@
 
 #![allow(clippy::expect_used)]
 
-use integration_tests::{ADMIN, LOCKOUT_AFTER_THREE, RunningStudent, Stack, with_token};
+use integration_tests::{
+    ADMIN, LOCKOUT_AFTER_THREE, RunningStudent, SLOW_HASHING, Stack,
+    sleep_until_fraction_of_second, with_token,
+};
 use school_client::{Credentials, TokenSource, error_info};
 use school_proto::auth::v1::{
     CreateServiceAccountRequest, CreateServiceAccountResponse, DeleteServiceAccountRequest,
@@ -255,6 +258,82 @@ async fn unknown_or_malformed_client_ids_are_rejected() {
                 "{client_id:?}"
             );
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_request_racing_rotation_or_deletion_is_withheld() {
+    let stack = Stack::start_with(&SLOW_HASHING, &[]).await;
+    let (users, admin) = admin_users(&stack).await;
+
+    for delete in [false, true] {
+        let name = if delete { "deleted" } else { "rotated" };
+        let (account, own_audience, _) = account_with_token(&stack, name).await;
+        let mut request = users.clone();
+        let client_id = account.client_id.clone();
+        let admin = admin.clone();
+        // Rotation hashes a secret too, so it starts first and is written while the token
+        // request checks the old secret. Deletion is quick, so it starts during that check.
+        let change = async move {
+            if delete {
+                request
+                    .delete_service_account(with_token(
+                        DeleteServiceAccountRequest { client_id },
+                        &admin,
+                    ))
+                    .await
+                    .map(drop)
+            } else {
+                request
+                    .rotate_service_account_secret(with_token(
+                        RotateServiceAccountSecretRequest { client_id },
+                        &admin,
+                    ))
+                    .await
+                    .map(drop)
+            }
+        };
+        let (issued, changed) = if delete {
+            // The deletion then falls late in one second and the token in the next, which
+            // the deletion's revocation by `iat` alone would not cover.
+            sleep_until_fraction_of_second(0.7).await;
+            let issued = issue(
+                &stack,
+                &account.client_id,
+                &account.client_secret,
+                STUDENT_AUDIENCE,
+            );
+            let delayed = async {
+                tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+                change.await
+            };
+            tokio::join!(issued, delayed)
+        } else {
+            let change = tokio::spawn(change);
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let issued = issue(
+                &stack,
+                &account.client_id,
+                &account.client_secret,
+                STUDENT_AUDIENCE,
+            )
+            .await;
+            (issued, change.await.expect("rotation task"))
+        };
+        changed.expect("the admin's change");
+
+        match issued {
+            Err(status) => assert!(
+                matches!(status.code(), Code::Aborted | Code::Unauthenticated),
+                "{name}: {status:?}"
+            ),
+            Ok(token) => assert_eq!(
+                rejection_reason(&own_audience, &token).await.as_deref(),
+                Some("TOKEN_REVOKED"),
+                "{name}: a token issued during the change still works"
+            ),
+        }
+        own_audience.stop().await;
     }
 }
 

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use auth_service::Role;
 use integration_tests::{
-    ADMIN, PASSWORD, RunningAuth, RunningStudent, STUDENT, Stack, TEACHER, with_token,
+    ADMIN, PASSWORD, RunningAuth, RunningStudent, SLOW_HASHING, STUDENT, Stack, TEACHER,
+    sleep_until_fraction_of_second, with_token,
 };
 use school_proto::auth::v1::{ChangePasswordRequest, ResetPasswordRequest};
 use school_proto::auth::v1::{
@@ -533,6 +534,83 @@ async fn oldest_session_ends_beyond_the_per_user_limit() {
         let listed = list_students(&stack.student, &session.access_token).await;
         assert!(listed.is_ok(), "the {name} session's token: {listed:?}");
     }
+}
+
+/// Runs a login of `username` with [`PASSWORD`] and `change` so that the change lands while the
+/// login checks the password. Then asserts that the login leaves nothing usable: either it
+/// fails with `ACCOUNT_CHANGED`, or its access token is revoked and its refresh token refused.
+///
+/// With [`SLOW_HASHING`] a hash takes about half a second. A change that hashes a password
+/// itself starts 100 ms before the login, so it is written after the login read the user and
+/// before the login's hash ends; any other change starts 150 ms after the login.
+async fn assert_change_during_login_wins<Fut>(
+    stack: &Stack,
+    username: &str,
+    change_hashes: bool,
+    change: Fut,
+) where
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut client = stack.auth.client().await;
+    let request = LoginRequest {
+        username: username.to_owned(),
+        password: PASSWORD.to_owned(),
+    };
+    let (login, change) = if change_hashes {
+        let change = tokio::spawn(change);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        (
+            tokio::spawn(async move { client.login(request).await }),
+            change,
+        )
+    } else {
+        // The change then falls late in one second and the login's token in the next, which
+        // the change's revocation by `iat` alone would not cover.
+        sleep_until_fraction_of_second(0.7).await;
+        let login = tokio::spawn(async move { client.login(request).await });
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        (login, tokio::spawn(change))
+    };
+    change.await.expect("change task");
+
+    match login.await.expect("login task") {
+        Err(status) => {
+            assert_eq!(status.code(), Code::Aborted, "{status:?}");
+            assert_eq!(reason(&status), "ACCOUNT_CHANGED", "{status:?}");
+        }
+        Ok(response) => {
+            // The change came after the login finished, so its revocation covers the login.
+            let session = response.into_inner();
+            let refreshed = refresh(&stack.auth, &session.refresh_token).await;
+            assert!(refreshed.is_err(), "{username}: refresh after the change");
+            let (rejected, _) =
+                wait_for_rejection(&stack.student, &session.access_token, PROPAGATION_LIMIT).await;
+            assert_eq!(rejected.code(), Code::Unauthenticated, "{rejected:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_racing_an_account_change_leaves_nothing_usable() {
+    let stack = Stack::start_with(&SLOW_HASHING, &[]).await;
+
+    let users = stack.auth.users().clone();
+    let reset = async move {
+        let password = auth_service::password::Password::new("a brand new password".into());
+        users
+            .reset_password(TEACHER, password)
+            .await
+            .expect("reset the password");
+    };
+    assert_change_during_login_wins(&stack, TEACHER, true, reset).await;
+    let users = stack.auth.users().clone();
+    let disable = async move {
+        users
+            .set_disabled(STUDENT, true)
+            .await
+            .expect("disable the user");
+    };
+    assert_change_during_login_wins(&stack, STUDENT, false, disable).await;
 }
 
 #[tokio::test]

@@ -161,8 +161,14 @@ pub trait SessionStore: Send + Sync {
     /// Ends every session of `subject` and returns how many were live.
     async fn end_sessions_of(&self, subject: &str, now: i64) -> Result<usize, Error>;
 
-    /// Returns the ids of `subject`'s live sessions beyond the `keep` newest ones, oldest first.
-    async fn sessions_beyond(&self, subject: &str, keep: usize) -> Result<Vec<String>, Error>;
+    /// Returns the ids of `subject`'s live sessions beyond the `keep` newest ones, oldest
+    /// first. The session `newest` counts as the newest whatever its id, and is never listed.
+    async fn sessions_beyond(
+        &self,
+        subject: &str,
+        keep: usize,
+        newest: &str,
+    ) -> Result<Vec<String>, Error>;
 
     /// Persists revocations, keeping the wider of two entries for one subject.
     async fn insert_revocations(&self, revocations: &[StoredRevocation]) -> Result<(), Error>;
@@ -536,15 +542,25 @@ impl SessionStore for SledStore {
         Ok(owned.len())
     }
 
-    async fn sessions_beyond(&self, subject: &str, keep: usize) -> Result<Vec<String>, Error> {
+    async fn sessions_beyond(
+        &self,
+        subject: &str,
+        keep: usize,
+        newest: &str,
+    ) -> Result<Vec<String>, Error> {
         let subject_sessions = self.session_tree(SUBJECT_SESSIONS_TREE)?;
         let prefix = subject_prefix(subject);
         let mut ids = Vec::new();
+        let mut total = 0usize;
         for item in subject_sessions.scan_prefix(&prefix) {
             let (key, _) = item.map_err(storage("read sessions of a user"))?;
-            ids.push(String::from_utf8_lossy(&key[prefix.len()..]).into_owned());
+            let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+            total += 1;
+            if id != newest {
+                ids.push(id);
+            }
         }
-        let beyond = ids.len().saturating_sub(keep);
+        let beyond = total.saturating_sub(keep).min(ids.len());
         ids.truncate(beyond);
         Ok(ids)
     }
@@ -679,14 +695,22 @@ mod tests {
         // A username that extends another must not be read as the same user.
         start(&store, "tomas", &[("s0", 4)], 100).await?;
 
-        assert_eq!(store.sessions_beyond("tom", 1).await?, ["s1", "s2"]);
-        assert_eq!(store.sessions_beyond("tom", 3).await?, Vec::<String>::new());
-        assert_eq!(store.sessions_beyond("tomas", 0).await?, ["s0"]);
-        assert_eq!(store.sessions_beyond("to", 0).await?, Vec::<String>::new());
+        assert_eq!(store.sessions_beyond("tom", 1, "s3").await?, ["s1", "s2"]);
+        assert_eq!(
+            store.sessions_beyond("tom", 3, "s3").await?,
+            Vec::<String>::new()
+        );
+        assert_eq!(store.sessions_beyond("tomas", 0, "").await?, ["s0"]);
+        assert_eq!(
+            store.sessions_beyond("to", 0, "").await?,
+            Vec::<String>::new()
+        );
+        // A session whose id sorts first, after the clock was set back, is still the newest.
+        assert_eq!(store.sessions_beyond("tom", 1, "s1").await?, ["s2", "s3"]);
 
         store.end_session("s1", 0).await?;
         assert_eq!(
-            store.sessions_beyond("tom", 0).await?,
+            store.sessions_beyond("tom", 0, "").await?,
             ["s2", "s3"],
             "an ended session leaves the index"
         );
@@ -704,7 +728,7 @@ mod tests {
         let counts = store.purge_expired(500).await?;
 
         assert_eq!(counts.sessions, 1);
-        assert_eq!(store.sessions_beyond("tom", 0).await?, ["new"]);
+        assert_eq!(store.sessions_beyond("tom", 0, "").await?, ["new"]);
         Ok(())
     }
 }
