@@ -335,7 +335,14 @@ fn validate_audiences(audiences: &[String]) -> Result<(), Error> {
     if !audiences.iter().all(valid) {
         return Err(Error::InvalidArgument {
             field: "audiences",
-            reason: "each audience must be 1 to 64 bytes without whitespace",
+            reason: "must each be 1 to 64 bytes without whitespace",
+        });
+    }
+    let distinct: std::collections::HashSet<&String> = audiences.iter().collect();
+    if distinct.len() != audiences.len() {
+        return Err(Error::InvalidArgument {
+            field: "audiences",
+            reason: "must not repeat an audience",
         });
     }
     Ok(())
@@ -428,6 +435,28 @@ mod tests {
                 .authenticate("alice", Password::new(new.into()))
                 .await
                 .is_ok()
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn repeated_audiences_are_rejected() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let users = users(dir.path()).await?;
+
+        let created = users
+            .create_service_account("reporting", vec!["x".into(), "x".into()])
+            .await;
+
+        assert!(
+            matches!(
+                created,
+                Err(Error::InvalidArgument {
+                    field: "audiences",
+                    ..
+                })
+            ),
+            "a repeated audience was accepted"
         );
         Ok(())
     }

@@ -265,7 +265,7 @@ pub enum UserCommand {
     },
     /// Print every user with role and status.
     List,
-    /// Reject logins by a user. Tokens already issued stay valid until they expire.
+    /// Reject logins by a user, and revoke every token and session issued to it.
     Disable {
         /// The username.
         name: String,

@@ -99,6 +99,13 @@ impl Users {
     #[tracing::instrument(skip_all, fields(user.name = ?username, user.role = %role))]
     pub async fn create(&self, username: &str, password: &str, role: Role) -> Result<(), Error> {
         validate_new_username(username)?;
+        // Client ids are token subjects too; a user named like one would share its revocations.
+        if username.starts_with(crate::accounts::CLIENT_ID_PREFIX) {
+            return Err(Error::InvalidArgument {
+                field: "username",
+                reason: "must not start with \"svc-\", which marks service account client ids",
+            });
+        }
         let password = Password::new(password.to_owned());
         password.validate_new("password")?;
 
@@ -246,6 +253,27 @@ pub(crate) mod tests {
         };
         let hasher = PasswordHasher::new(params, 2).await?;
         Ok(Users::new(Arc::new(store), hasher))
+    }
+
+    #[tokio::test]
+    async fn usernames_like_client_ids_are_rejected() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let users = users(dir.path()).await?;
+
+        let created = users.create("svc-1234", "s3cret-pass", Role::Teacher).await;
+
+        assert!(
+            matches!(
+                created,
+                Err(Error::InvalidArgument {
+                    field: "username",
+                    ..
+                })
+            ),
+            "{created:?}"
+        );
+        users.create("svcs", "s3cret-pass", Role::Teacher).await?;
+        Ok(())
     }
 
     #[tokio::test]
