@@ -340,7 +340,13 @@ where
         let in_flight = InFlight::enter(gauge);
         let response = self.inner.call(request);
         Box::pin(async move {
+            let mut unanswered = Unanswered {
+                metrics: Some(metrics.clone()),
+                path: path.clone(),
+                started,
+            };
             let response = response.await;
+            unanswered.metrics = None;
             drop(in_flight);
             response.map(|response| {
                 let pending = metrics.record_headers(&path, response.headers(), started.elapsed());
@@ -435,6 +441,27 @@ impl<B: http_body::Body> http_body::Body for RecordedBody<B> {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// A call whose handler has not answered yet. Dropped unanswered, because the client's deadline
+/// passed or it reset the stream, it counts as `Cancelled`, the code tonic sends then.
+struct Unanswered {
+    /// `None` once the handler answered.
+    metrics: Option<RequestMetrics>,
+    path: String,
+    started: Instant,
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(metrics) = self.metrics.take() {
+            let pending =
+                metrics.record_headers(&self.path, &HeaderMap::new(), self.started.elapsed());
+            if let Some(pending) = pending {
+                pending.finish(Code::Cancelled, None);
+            }
+        }
     }
 }
 
@@ -735,6 +762,30 @@ mod body_tests {
         let text = metrics.encode()?;
 
         assert!(count(&text, "Ok"), "{text}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn call_dropped_before_its_answer_counts_as_cancelled()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let metrics = Metrics::new();
+        let layer = metrics.layer();
+        let mut service = layer.layer(tower::service_fn(|_: http::Request<()>| async {
+            std::future::pending::<Result<http::Response<Frames>, std::convert::Infallible>>().await
+        }));
+        let request = http::Request::builder().uri("/pkg.Svc/Slow").body(())?;
+
+        let call = service.call(request);
+        let unanswered = tokio::time::timeout(Duration::from_millis(10), call).await;
+        let text = metrics.encode()?;
+
+        assert!(unanswered.is_err());
+        assert!(
+            text.contains(
+                r#"grpc_server_requests_total{method="/pkg.Svc/Slow",code="Cancelled"} 1"#
+            ),
+            "{text}"
+        );
         Ok(())
     }
 }
