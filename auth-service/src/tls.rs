@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use school_ops::tls::{ClientCertificates, ServerTlsError, ServerTlsFiles};
+use school_ops::tls::{ClientCertificates, ListenerFlag, ListenerTlsFlags};
 use tonic::transport::Server;
 
 use crate::error::Error;
@@ -34,38 +34,9 @@ pub struct TlsArgs {
 impl TlsArgs {
     /// Checks that the flags fit together, without reading any file.
     pub fn validate(&self) -> Result<(), Error> {
-        match (&self.tls_cert, &self.tls_key) {
-            (Some(_), None) => {
-                return Err(Error::invalid_config(
-                    "tls-key",
-                    "AUTH_TLS_KEY",
-                    "is required because --tls-cert is set",
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(Error::invalid_config(
-                    "tls-cert",
-                    "AUTH_TLS_CERT",
-                    "is required because --tls-key is set",
-                ));
-            }
-            _ => {}
-        }
-        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
-            return Err(Error::invalid_config(
-                "tls-client-ca",
-                "AUTH_TLS_CLIENT_CA",
-                "needs --tls-cert and --tls-key, because client certificates are only checked over TLS",
-            ));
-        }
-        if self.tls_client_auth.is_some() && self.tls_client_ca.is_none() {
-            return Err(Error::invalid_config(
-                "tls-client-auth",
-                "AUTH_TLS_CLIENT_AUTH",
-                "needs --tls-client-ca, the CA that client certificates are checked against",
-            ));
-        }
-        Ok(())
+        self.flags()
+            .check()
+            .map_err(|(flag, reason)| invalid(flag, reason))
     }
 
     /// Reports whether the listener speaks TLS.
@@ -76,30 +47,30 @@ impl TlsArgs {
     /// Reads the PEM files and returns the server builder: plaintext without `--tls-cert`,
     /// otherwise TLS only. An unusable file is an [`Error::InvalidConfig`] that names its flag.
     pub fn server_builder(&self) -> Result<Server, Error> {
-        let (Some(certificate), Some(key)) = (&self.tls_cert, &self.tls_key) else {
-            return Ok(Server::builder());
-        };
-        let mode = self.tls_client_auth.unwrap_or(ClientCertificates::Required);
-        let files = ServerTlsFiles {
-            certificate,
-            key,
-            client_ca: self.tls_client_ca.as_deref().map(|ca| (ca, mode)),
-        };
-        files.server_builder().map_err(|error| match error {
-            ServerTlsError::Certificate(error) => {
-                Error::invalid_config("tls-cert", "AUTH_TLS_CERT", error.to_string())
-            }
-            ServerTlsError::Key(error) => {
-                Error::invalid_config("tls-key", "AUTH_TLS_KEY", error.to_string())
-            }
-            ServerTlsError::ClientCa(error) => {
-                Error::invalid_config("tls-client-ca", "AUTH_TLS_CLIENT_CA", error.to_string())
-            }
-            rejected @ ServerTlsError::Rejected(_) => {
-                Error::invalid_config("tls-key", "AUTH_TLS_KEY", rejected.to_string())
-            }
-        })
+        self.flags()
+            .server_builder()
+            .map_err(|(flag, reason)| invalid(flag, reason))
     }
+
+    fn flags(&self) -> ListenerTlsFlags<'_> {
+        ListenerTlsFlags {
+            certificate: self.tls_cert.as_deref(),
+            key: self.tls_key.as_deref(),
+            client_ca: self.tls_client_ca.as_deref(),
+            client_auth: self.tls_client_auth,
+        }
+    }
+}
+
+/// Builds the configuration error for a listener flag, named with its environment variable.
+fn invalid(flag: ListenerFlag, reason: impl Into<String>) -> Error {
+    let (name, env) = match flag {
+        ListenerFlag::Cert => ("tls-cert", "AUTH_TLS_CERT"),
+        ListenerFlag::Key => ("tls-key", "AUTH_TLS_KEY"),
+        ListenerFlag::ClientCa => ("tls-client-ca", "AUTH_TLS_CLIENT_CA"),
+        ListenerFlag::ClientAuth => ("tls-client-auth", "AUTH_TLS_CLIENT_AUTH"),
+    };
+    Error::invalid_config(name, env, reason)
 }
 
 #[cfg(test)]

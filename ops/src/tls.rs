@@ -35,6 +35,85 @@ pub struct ServerTlsFiles<'a> {
     pub client_ca: Option<(&'a Path, ClientCertificates)>,
 }
 
+/// A TLS flag of a listener. Both services take the same flags, each with its own environment
+/// variable, so errors name the flag this way and each service spells it out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerFlag {
+    /// `--tls-cert`.
+    Cert,
+    /// `--tls-key`.
+    Key,
+    /// `--tls-client-ca`.
+    ClientCa,
+    /// `--tls-client-auth`.
+    ClientAuth,
+}
+
+/// The TLS flags of a gRPC listener as given on the command line.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ListenerTlsFlags<'a> {
+    /// The server's certificate chain, leaf first.
+    pub certificate: Option<&'a Path>,
+    /// The private key of the leaf certificate.
+    pub key: Option<&'a Path>,
+    /// The CA that signs client certificates.
+    pub client_ca: Option<&'a Path>,
+    /// Whether clients must present a certificate; required when unset.
+    pub client_auth: Option<ClientCertificates>,
+}
+
+impl ListenerTlsFlags<'_> {
+    /// Checks that the flags fit together, without reading any file. An error names the flag
+    /// at fault and the reason.
+    pub fn check(&self) -> Result<(), (ListenerFlag, &'static str)> {
+        match (self.certificate, self.key) {
+            (Some(_), None) => {
+                return Err((ListenerFlag::Key, "is required because --tls-cert is set"));
+            }
+            (None, Some(_)) => {
+                return Err((ListenerFlag::Cert, "is required because --tls-key is set"));
+            }
+            _ => {}
+        }
+        if self.client_ca.is_some() && self.certificate.is_none() {
+            return Err((
+                ListenerFlag::ClientCa,
+                "needs --tls-cert and --tls-key, because client certificates are only checked \
+                 over TLS",
+            ));
+        }
+        if self.client_auth.is_some() && self.client_ca.is_none() {
+            return Err((
+                ListenerFlag::ClientAuth,
+                "needs --tls-client-ca, the CA that client certificates are checked against",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads the PEM files and returns the server builder: plaintext without a certificate,
+    /// otherwise TLS only. An error names the flag whose file is unusable and the reason.
+    pub fn server_builder(&self) -> Result<Server, (ListenerFlag, String)> {
+        let (Some(certificate), Some(key)) = (self.certificate, self.key) else {
+            return Ok(Server::builder());
+        };
+        let mode = self.client_auth.unwrap_or(ClientCertificates::Required);
+        let files = ServerTlsFiles {
+            certificate,
+            key,
+            client_ca: self.client_ca.map(|ca| (ca, mode)),
+        };
+        files.server_builder().map_err(|error| match error {
+            ServerTlsError::Certificate(error) => (ListenerFlag::Cert, error.to_string()),
+            ServerTlsError::Key(error) => (ListenerFlag::Key, error.to_string()),
+            ServerTlsError::ClientCa(error) => (ListenerFlag::ClientCa, error.to_string()),
+            // NOTE: rustls does not say which file it rejected; a key that does not belong to
+            // the certificate is the usual cause.
+            rejected @ ServerTlsError::Rejected(_) => (ListenerFlag::Key, rejected.to_string()),
+        })
+    }
+}
+
 /// A TLS setting that cannot be used. Each variant names the file it concerns, so the caller
 /// can name the flag that set it.
 #[derive(Debug, thiserror::Error)]

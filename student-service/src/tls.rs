@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use school_client::tls::{
     ClientTls, EndpointError, IdentityError, read_certificates, read_identity,
 };
-use school_ops::tls::{ClientCertificates, ServerTlsError, ServerTlsFiles};
+use school_ops::tls::{ClientCertificates, ListenerFlag, ListenerTlsFlags};
 use tonic::transport::{Endpoint, Server};
 
 use crate::error::Error;
@@ -59,22 +59,9 @@ const TLS_CLIENT_AUTH: (&str, &str) = ("--tls-client-auth", "STUDENT_TLS_CLIENT_
 impl TlsArgs {
     /// Checks that the flags fit together and with `auth_url`, without reading any file.
     pub fn validate(&self, auth_url: &str) -> Result<(), Error> {
-        both_or_neither(&self.tls_cert, TLS_CERT, &self.tls_key, TLS_KEY)?;
-        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
-            return Err(invalid(
-                TLS_CLIENT_CA,
-                "needs --tls-cert and --tls-key, because client certificates are only checked \
-                 over TLS"
-                    .to_owned(),
-            ));
-        }
-        if self.tls_client_auth.is_some() && self.tls_client_ca.is_none() {
-            return Err(invalid(
-                TLS_CLIENT_AUTH,
-                "needs --tls-client-ca, the CA that client certificates are checked against"
-                    .to_owned(),
-            ));
-        }
+        self.listener_flags()
+            .check()
+            .map_err(|(flag, reason)| invalid(listener_flag(flag), reason))?;
         both_or_neither(
             &self.auth_client_cert,
             AUTH_CLIENT_CERT,
@@ -112,21 +99,18 @@ impl TlsArgs {
     /// Reads the PEM files and returns the server builder: plaintext without `--tls-cert`,
     /// otherwise TLS only.
     pub fn server_builder(&self) -> Result<Server, Error> {
-        let (Some(certificate), Some(key)) = (&self.tls_cert, &self.tls_key) else {
-            return Ok(Server::builder());
-        };
-        let mode = self.tls_client_auth.unwrap_or(ClientCertificates::Required);
-        let files = ServerTlsFiles {
-            certificate,
-            key,
-            client_ca: self.tls_client_ca.as_deref().map(|ca| (ca, mode)),
-        };
-        files.server_builder().map_err(|error| match error {
-            ServerTlsError::Certificate(error) => invalid(TLS_CERT, error.to_string()),
-            ServerTlsError::Key(error) => invalid(TLS_KEY, error.to_string()),
-            ServerTlsError::ClientCa(error) => invalid(TLS_CLIENT_CA, error.to_string()),
-            rejected @ ServerTlsError::Rejected(_) => invalid(TLS_KEY, rejected.to_string()),
-        })
+        self.listener_flags()
+            .server_builder()
+            .map_err(|(flag, reason)| invalid(listener_flag(flag), reason))
+    }
+
+    fn listener_flags(&self) -> ListenerTlsFlags<'_> {
+        ListenerTlsFlags {
+            certificate: self.tls_cert.as_deref(),
+            key: self.tls_key.as_deref(),
+            client_ca: self.tls_client_ca.as_deref(),
+            client_auth: self.tls_client_auth,
+        }
     }
 
     /// Reads the PEM files for the connection to auth-service and returns its endpoint,
@@ -179,6 +163,16 @@ fn both_or_neither(
             format!("is required because {} is set", second_flag.0),
         )),
         _ => Ok(()),
+    }
+}
+
+/// Returns the name and environment variable of a listener flag.
+fn listener_flag(flag: ListenerFlag) -> (&'static str, &'static str) {
+    match flag {
+        ListenerFlag::Cert => TLS_CERT,
+        ListenerFlag::Key => TLS_KEY,
+        ListenerFlag::ClientCa => TLS_CLIENT_CA,
+        ListenerFlag::ClientAuth => TLS_CLIENT_AUTH,
     }
 }
 
