@@ -341,15 +341,17 @@ where
         let response = self.inner.call(request);
         Box::pin(async move {
             let mut unanswered = Unanswered {
-                metrics: Some(metrics.clone()),
-                path: path.clone(),
+                metrics,
+                path,
                 started,
+                responded: false,
             };
             let response = response.await;
-            unanswered.metrics = None;
+            unanswered.responded = true;
+            let Unanswered { metrics, path, .. } = &unanswered;
             drop(in_flight);
             response.map(|response| {
-                let pending = metrics.record_headers(&path, response.headers(), started.elapsed());
+                let pending = metrics.record_headers(path, response.headers(), started.elapsed());
                 response.map(|body| RecordedBody {
                     body,
                     pending: pending.unwrap_or_else(PendingCode::recorded),
@@ -444,20 +446,23 @@ impl<B: http_body::Body> http_body::Body for RecordedBody<B> {
     }
 }
 
-/// A call whose handler has not answered yet. Dropped unanswered, because the client's deadline
-/// passed or it reset the stream, it counts as `Cancelled`, the code tonic sends then.
+/// A call whose handler has not returned a response yet. Dropped before that, because the
+/// client's deadline passed or it reset the stream, the call counts as `Cancelled`, the status
+/// tonic sends then.
 struct Unanswered {
-    /// `None` once the handler answered.
-    metrics: Option<RequestMetrics>,
+    metrics: RequestMetrics,
     path: String,
     started: Instant,
+    /// Set once the handler returned a response.
+    responded: bool,
 }
 
 impl Drop for Unanswered {
     fn drop(&mut self) {
-        if let Some(metrics) = self.metrics.take() {
+        if !self.responded {
             let pending =
-                metrics.record_headers(&self.path, &HeaderMap::new(), self.started.elapsed());
+                self.metrics
+                    .record_headers(&self.path, &HeaderMap::new(), self.started.elapsed());
             if let Some(pending) = pending {
                 pending.finish(Code::Cancelled, None);
             }
