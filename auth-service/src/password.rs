@@ -152,7 +152,7 @@ impl HashParams {
 /// Each operation runs on one of `concurrency` dedicated threads while it owns a semaphore
 /// permit. Every thread keeps its Argon2 memory between operations, so hashing uses at most
 /// `concurrency` times the memory cost, however many logins arrive. Later requests wait for a
-/// permit, up to the queue limit; beyond it they fail at once with [`Error::Overloaded`], so the
+/// permit, up to the queue limit. Beyond it they fail at once with [`Error::Overloaded`], so the
 /// excess of a login flood is rejected without delay.
 #[derive(Clone)]
 pub struct PasswordHasher {
@@ -160,7 +160,7 @@ pub struct PasswordHasher {
     /// The hashing threads, each with the Argon2 memory it keeps between hashes. Argon2 fills
     /// that memory completely for every hash, so reusing one buffer per thread costs nothing.
     /// With a fresh allocation per hash on tokio's blocking pool, the resident size grew in
-    /// steps of the memory cost under a login load; reused buffers keep it flat.
+    /// steps of the memory cost under a login load. Reused buffers keep it flat.
     threads: Arc<WorkerThreads<Vec<Block>>>,
     permits: Arc<Semaphore>,
     /// The operations waiting for a permit now.
@@ -590,8 +590,8 @@ mod tests {
         );
 
         // A hash made now verifies with the crate's own verifier.
-        let made = hasher.hash(Password::new("pw".into())).await?;
-        let parsed = PasswordHash::new(&made).map_err(Error::PasswordHash)?;
+        let new_hash = hasher.hash(Password::new("pw".into())).await?;
+        let parsed = PasswordHash::new(&new_hash).map_err(Error::PasswordHash)?;
         assert!(reference.verify_password(b"pw", &parsed).is_ok());
         assert!(reference.verify_password(b"pv", &parsed).is_err());
         Ok(())
@@ -635,12 +635,12 @@ mod tests {
             );
         }
         // The thread kept the largest memory it met, so the next verification allocates none.
-        let kept = hasher
+        let kept_blocks = hasher
             .threads
             .run(|memory: &mut Vec<Block>| memory.len())
             .await
             .map_err(|_| Error::HashWorker)?;
-        assert_eq!(kept, 256);
+        assert_eq!(kept_blocks, 256);
         Ok(())
     }
 
@@ -674,12 +674,12 @@ mod tests {
             "a hash without its output verified"
         );
         let beyond_limit = good.replacen("m=64", &format!("m={}", MAX_MEMORY_KIB + 1), 1);
-        let refused = hasher
+        let rejected = hasher
             .verify(Password::new("pw".into()), Some(&beyond_limit))
             .await;
         assert!(
-            refused.is_err(),
-            "a memory cost over the limit: {refused:?}"
+            rejected.is_err(),
+            "a memory cost over the limit: {rejected:?}"
         );
         Ok(())
     }

@@ -173,7 +173,7 @@ impl Revoker {
     /// the tokens issued until then. But that revocation covers `iat` only up to its own
     /// second, and its scan of sessions may run before the new session exists. So the issuer calls this
     /// after issuing, with the time it started, and withholds the token when it returns `true`.
-    /// A revocation that starts after that call sees the new session and covers its `iat`.
+    /// A revocation that starts after that call finds the new session and covers its `iat`.
     pub fn revoked_since(&self, subject: &str, since: Instant) -> bool {
         self.recent_subject_revocations
             .lock()

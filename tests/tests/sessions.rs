@@ -542,7 +542,7 @@ async fn oldest_session_ends_beyond_the_per_user_limit() {
 ///
 /// With [`SLOW_HASHING`] a hash takes about half a second. A change that hashes a password
 /// itself starts 100 ms before the login, so it is written after the login read the user and
-/// before the login's hash ends; any other change starts 150 ms after the login.
+/// before the login's hash ends. Any other change starts 150 ms after the login.
 async fn assert_change_during_login_wins<Fut>(
     stack: &Stack,
     username: &str,
